@@ -1,0 +1,1 @@
+//! float (to be written).

@@ -1,0 +1,1 @@
+//! Run-time kernel dispatch (to be written).

@@ -1,0 +1,1 @@
+//! Checked byte-level API (to be written).
