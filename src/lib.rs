@@ -1,3 +1,16 @@
 //! longquant: Hugging Face Llama checkpoints to GGUF, quantized and validated.
+//!
+//! The library behind the `longquant` command: [`convert`] (architecture mapping, mixes,
+//! tokenizer metadata, the streaming conversion), [`inspect`] (summaries of model files).
 pub use longquant_formats as formats;
 pub use longquant_quants as quants;
+
+pub mod convert;
+pub mod inspect;
+
+/// An operation refused for safety: the output exists and `--force` was not given, the output
+/// would overwrite the input, or the checkpoint is a pickle. Distinct from invalid input so the
+/// CLI can give it its own exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);

@@ -1,0 +1,134 @@
+//! `longquant inspect PATH [--tensors] [--json]`.
+use anyhow::Context;
+use serde_json::Value as Json;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A .gguf file, a .safetensors file, a model.safetensors.index.json, or a Hugging Face folder.
+    path: PathBuf,
+    /// List every tensor: name, shape, type, bytes and offset (GGUF) or shard (safetensors).
+    #[arg(long)]
+    tensors: bool,
+}
+
+pub fn run(a: Args, json: bool) -> anyhow::Result<()> {
+    let doc = longquant::inspect::inspect(&a.path, a.tensors)
+        .with_context(|| format!("inspecting {}", a.path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", render(&doc));
+    }
+    Ok(())
+}
+
+/// Human rendering of the summary. Strings that came from the file are printed escaped (`{:?}`
+/// style via JSON) so control characters cannot reach the terminal.
+fn render(doc: &Json) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let get = |k: &str| doc.get(k).cloned().unwrap_or(Json::Null);
+    let _ = writeln!(s, "path:          {}", get("path"));
+    match doc["format"].as_str() {
+        Some("gguf") => {
+            let _ = writeln!(
+                s,
+                "format:        GGUF v{} (alignment {}), {}",
+                get("gguf_version"),
+                get("alignment"),
+                human_bytes(get("file_size").as_u64().unwrap_or(0))
+            );
+        }
+        _ => {
+            let shards = doc["shards"].as_array().map_or(0, Vec::len);
+            let _ = writeln!(
+                s,
+                "format:        safetensors, {} shard(s), {}",
+                shards,
+                human_bytes(get("file_size").as_u64().unwrap_or(0))
+            );
+        }
+    }
+    let _ = writeln!(s, "architecture:  {}", get("architecture"));
+    if let Some(h) = doc["hparams"].as_object() {
+        for (k, v) in h {
+            let _ = writeln!(s, "  {k:<38} {}", short(v));
+        }
+    }
+    if let Some(md) = doc.get("metadata").and_then(Json::as_object) {
+        let _ = writeln!(s, "metadata:      {} keys", md.len());
+        for (k, v) in md {
+            let _ = writeln!(s, "  {:<40} {}", escape(k), short(v));
+        }
+    }
+    let params = get("parameters").as_u64().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "tensors:       {} ({:.1}M parameters, {} of data, {:.3} bits/weight)",
+        get("tensor_count"),
+        params as f64 / 1e6,
+        human_bytes(get("tensor_bytes").as_u64().unwrap_or(0)),
+        get("bits_per_weight").as_f64().unwrap_or(0.0)
+    );
+    if let Some(types) = doc["types"].as_object() {
+        for (name, v) in types {
+            let _ = writeln!(
+                s,
+                "  {:<8} {:>6} tensors  {:>12}",
+                name,
+                v["count"],
+                human_bytes(v["bytes"].as_u64().unwrap_or(0))
+            );
+        }
+    }
+    if let Some(list) = doc.get("tensors").and_then(Json::as_array) {
+        let _ = writeln!(s, "{:<48} {:<24} {:<6} {:>12} {:>14}", "name", "shape", "type", "bytes", "offset/shard");
+        for t in list {
+            let place = t.get("offset").or_else(|| t.get("shard")).cloned().unwrap_or(Json::Null);
+            let _ = writeln!(
+                s,
+                "{:<48} {:<24} {:<6} {:>12} {:>14}",
+                escape(t["name"].as_str().unwrap_or("")),
+                t["shape"].to_string(),
+                t["type"].as_str().unwrap_or(""),
+                t["bytes"],
+                place
+            );
+        }
+    }
+    s
+}
+
+/// Escape a string from a file for the terminal (JSON escaping, without the quotes).
+fn escape(x: &str) -> String {
+    let q = Json::String(x.to_owned()).to_string();
+    q[1..q.len() - 1].to_owned()
+}
+
+/// One-line value: long strings are cut so a chat template does not flood the screen.
+fn short(v: &Json) -> String {
+    let text = v.to_string();
+    const MAX: usize = 100;
+    if text.chars().count() > MAX {
+        let cut: String = text.chars().take(MAX).collect();
+        format!("{cut}… ({} chars)", text.chars().count())
+    } else {
+        text
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", UNITS[i])
+    }
+}

@@ -1,0 +1,68 @@
+//! Subcommands. Each module defines `Args` and `run`; this file only dispatches and maps errors
+//! to exit codes.
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod convert;
+mod inspect;
+
+/// Convert Hugging Face Llama checkpoints to GGUF, quantize them, and prove the result is still good.
+#[derive(Parser)]
+#[command(name = "longquant", version, about)]
+struct Cli {
+    /// Print one JSON document on stdout instead of human-readable text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what a .gguf, .safetensors or Hugging Face folder holds.
+    Inspect(inspect::Args),
+    /// Convert a Hugging Face checkpoint to a (quantized) GGUF in one pass.
+    Convert(convert::Args),
+}
+
+/// Exit codes: distinct for bad input, I/O failure and refusals for safety, so scripts can tell them apart.
+pub mod exit {
+    /// Input was invalid (corrupt file, bad arguments, unsupported model).
+    pub const INVALID_INPUT: u8 = 2;
+    /// Reading or writing failed (disk full, permissions, missing file).
+    pub const IO: u8 = 3;
+    /// Refused for safety (output exists without --force, input == output, pickle checkpoint).
+    pub const REFUSED: u8 = 4;
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a, cli.json),
+        Command::Convert(a) => convert::run(a, cli.json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(classify(&err))
+        }
+    }
+}
+
+/// Pick an exit code from the root cause of an error chain.
+fn classify(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<longquant::formats::Error>() {
+            return if e.kind.is_io() { exit::IO } else { exit::INVALID_INPUT };
+        }
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return exit::IO;
+        }
+        if let Some(r) = cause.downcast_ref::<longquant::Refusal>() {
+            let _ = r;
+            return exit::REFUSED;
+        }
+    }
+    exit::INVALID_INPUT
+}
