@@ -6,7 +6,10 @@ pub use longquant_formats as formats;
 pub use longquant_quants as quants;
 
 pub mod convert;
+pub mod eval;
 pub mod inspect;
+pub mod model;
+pub mod tokenizer;
 
 /// An operation refused for safety: the output exists and `--force` was not given, the output
 /// would overwrite the input, or the checkpoint is a pickle. Distinct from invalid input so the

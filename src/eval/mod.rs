@@ -1,0 +1,2 @@
+//! Evaluation: perplexity.
+pub mod perplexity;

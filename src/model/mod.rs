@@ -1,0 +1,1 @@
+//! Llama forward pass (to be written).
