@@ -235,7 +235,7 @@ pub enum ErrorKind {
         tensor: String,
         /// Its type.
         ggml_type: GgmlType,
-        /// Elements per row (dims[0]).
+        /// Elements per row (`dims[0]`).
         row: u64,
         /// The type's block size.
         block_size: u64,

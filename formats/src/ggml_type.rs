@@ -239,7 +239,7 @@ impl GgmlType {
     /// overflows `u64`.
     pub fn row_size(self, n: u64) -> Option<u64> {
         let bs = self.block_size();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size())

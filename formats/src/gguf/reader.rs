@@ -465,7 +465,7 @@ fn parse_inner(bytes: &[u8], limits: &Limits) -> Result<ParsedHeader, ErrorKind>
                 });
             }
         }
-        if furthest.map_or(true, |(_, e)| end > e) {
+        if furthest.is_none_or(|(_, e)| end > e) {
             furthest = Some((t, end));
         }
     }
@@ -546,9 +546,9 @@ fn read_value(
             c.check_fits(count, elem_type.min_encoded_size(), count_at, &|| {
                 format!("array length of {key:?}")
             })?;
-            // `count` fits in the remaining bytes (checked just above), so this allocation is
-            // bounded by the file size.
-            let mut values = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+            // `count` fits in the remaining bytes (checked just above). The up-front reservation is
+            // capped further, so a hostile count costs memory only as its elements actually parse.
+            let mut values = Vec::with_capacity(usize::try_from(count.min(1 << 16)).unwrap_or(0));
             for _ in 0..count {
                 values.push(read_value(c, elem_type, key, depth, limits)?);
             }

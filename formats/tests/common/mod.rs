@@ -52,7 +52,7 @@ impl B {
     }
     /// Zero padding to a multiple of `align`.
     pub fn pad(mut self, align: usize) -> B {
-        while self.0.len() % align != 0 {
+        while !self.0.len().is_multiple_of(align) {
             self.0.push(0);
         }
         self
@@ -98,4 +98,29 @@ pub fn small_valid() -> Vec<u8> {
 /// Whether the variable CI is "true" (the submission's CI run): missing fixtures are then failures.
 pub fn in_ci() -> bool {
     std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+}
+
+/// The SmolLM2 fixture: `$LONGQUANT_SMOLLM2_GGUF`, else `fixtures/cache/SmolLM2-135M-Instruct.Q4_1.gguf`
+/// under the workspace root. `None` (after printing a note) when it is missing outside CI; a missing
+/// fixture in CI is a test failure.
+pub fn smollm2_path() -> Option<std::path::PathBuf> {
+    let p = match std::env::var_os("LONGQUANT_SMOLLM2_GGUF") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/cache/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    if p.is_file() {
+        return Some(p);
+    }
+    if in_ci() {
+        panic!(
+            "SmolLM2 fixture missing at {} (CI=true): run the fixture fetch script",
+            p.display()
+        );
+    }
+    eprintln!(
+        "note: SmolLM2 fixture not found at {}; skipping (set LONGQUANT_SMOLLM2_GGUF)",
+        p.display()
+    );
+    None
 }
