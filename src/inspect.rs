@@ -36,7 +36,11 @@ pub enum InspectError {
 
 /// Decide from the path (extension, folder contents) which reader applies.
 pub fn detect(path: &Path) -> SourceKind {
-    if path.is_file() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    if path.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         return SourceKind::Gguf;
     }
     if path.is_file() {
@@ -63,20 +67,30 @@ pub fn inspect(path: &Path, with_tensors: bool) -> Result<Json, InspectError> {
 /// Summary of an opened GGUF file.
 pub fn inspect_gguf(file: &GgufFile, with_tensors: bool) -> Result<Json, InspectError> {
     let md = file.metadata();
-    let arch = md.get("general.architecture").and_then(Value::as_str).map(str::to_owned);
+    let arch = md
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut hparams = Map::new();
     if let Some(arch) = &arch {
         for (key, value) in md.iter() {
-            if let Some(short) = key.strip_prefix(arch.as_str()).and_then(|k| k.strip_prefix('.')) {
+            if let Some(short) = key
+                .strip_prefix(arch.as_str())
+                .and_then(|k| k.strip_prefix('.'))
+            {
                 hparams.insert(short.to_owned(), value_json(value, ARRAY_PREVIEW));
             }
         }
     }
     if let Some(Value::Array(tokens)) = md.get("tokenizer.ggml.tokens") {
-        hparams.entry("vocab_size").or_insert(json!(tokens.values.len()));
+        hparams
+            .entry("vocab_size")
+            .or_insert(json!(tokens.values.len()));
     }
-    let metadata: Map<String, Json> =
-        md.iter().map(|(k, v)| (k.to_owned(), value_json(v, ARRAY_PREVIEW))).collect();
+    let metadata: Map<String, Json> = md
+        .iter()
+        .map(|(k, v)| (k.to_owned(), value_json(v, ARRAY_PREVIEW)))
+        .collect();
 
     let mut by_type: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let mut n_params: u64 = 0;
@@ -182,7 +196,10 @@ fn config_dir(path: &Path) -> Option<std::path::PathBuf> {
 
 /// The architecture and the hyperparameters that matter for conversion, from config.json.
 fn read_config(path: &Path) -> Result<(Option<String>, Map<String, Json>), InspectError> {
-    let err = |msg: String| InspectError::Config { path: path.display().to_string(), msg };
+    let err = |msg: String| InspectError::Config {
+        path: path.display().to_string(),
+        msg,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let cfg: Json = serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
     let arch = cfg
@@ -228,7 +245,9 @@ fn types_json(by_type: &BTreeMap<&str, (u64, u64)>) -> Json {
     Json::Object(
         by_type
             .iter()
-            .map(|(name, (count, bytes))| (name.to_string(), json!({"count": count, "bytes": bytes})))
+            .map(|(name, (count, bytes))| {
+                (name.to_string(), json!({"count": count, "bytes": bytes}))
+            })
             .collect(),
     )
 }

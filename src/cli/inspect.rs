@@ -29,7 +29,7 @@ fn render(doc: &Json) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let get = |k: &str| doc.get(k).cloned().unwrap_or(Json::Null);
-    let _ = writeln!(s, "path:          {}", get("path"));
+    let _ = writeln!(s, "path:          {}", escape(get("path").as_str().unwrap_or("")));
     match doc["format"].as_str() {
         Some("gguf") => {
             let _ = writeln!(
@@ -50,7 +50,11 @@ fn render(doc: &Json) -> String {
             );
         }
     }
-    let _ = writeln!(s, "architecture:  {}", get("architecture"));
+    let _ = writeln!(
+        s,
+        "architecture:  {}",
+        get("architecture").as_str().map_or("(unknown)".to_owned(), escape)
+    );
     if let Some(h) = doc["hparams"].as_object() {
         for (k, v) in h {
             let _ = writeln!(s, "  {k:<38} {}", short(v));
@@ -83,9 +87,17 @@ fn render(doc: &Json) -> String {
         }
     }
     if let Some(list) = doc.get("tensors").and_then(Json::as_array) {
-        let _ = writeln!(s, "{:<48} {:<24} {:<6} {:>12} {:>14}", "name", "shape", "type", "bytes", "offset/shard");
+        let _ = writeln!(
+            s,
+            "{:<48} {:<24} {:<6} {:>12} {:>14}",
+            "name", "shape", "type", "bytes", "offset/shard"
+        );
         for t in list {
-            let place = t.get("offset").or_else(|| t.get("shard")).cloned().unwrap_or(Json::Null);
+            let place = t
+                .get("offset")
+                .or_else(|| t.get("shard"))
+                .cloned()
+                .unwrap_or(Json::Null);
             let _ = writeln!(
                 s,
                 "{:<48} {:<24} {:<6} {:>12} {:>14}",

@@ -54,7 +54,11 @@ pub fn main() -> ExitCode {
 fn classify(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<longquant::formats::Error>() {
-            return if e.kind.is_io() { exit::IO } else { exit::INVALID_INPUT };
+            return if matches!(e.kind, longquant::formats::ErrorKind::Io { .. }) {
+                exit::IO
+            } else {
+                exit::INVALID_INPUT
+            };
         }
         if cause.downcast_ref::<std::io::Error>().is_some() {
             return exit::IO;
