@@ -31,6 +31,15 @@ pub enum QuantError {
         /// The value (NaN or ±inf).
         value: f32,
     },
+    /// A NaN, infinity or negative value in an importance matrix (ggml's weighting assumes
+    /// finite, non-negative importances).
+    #[error("invalid importance weight {value} at index {index}")]
+    BadImportance {
+        /// Index into the importance vector.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
     /// The operation is not defined for this format (e.g. quantizing *to* Q8_K with an importance matrix).
     #[error("{op} is not supported for {format:?}")]
     Unsupported {
