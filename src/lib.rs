@@ -7,6 +7,7 @@ pub use longquant_quants as quants;
 
 pub mod convert;
 pub mod eval;
+pub mod export;
 pub mod inspect;
 pub mod model;
 pub mod tokenizer;

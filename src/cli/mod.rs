@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod convert;
+mod export_hf;
 mod inspect;
 
 /// Convert Hugging Face Llama checkpoints to GGUF, quantize them, and prove the result is still good.
@@ -23,6 +24,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Convert a Hugging Face checkpoint to a (quantized) GGUF in one pass.
     Convert(convert::Args),
+    /// Export a llama GGUF to a Hugging Face folder (safetensors, config, tokenizer).
+    #[command(name = "export-hf")]
+    ExportHf(export_hf::Args),
 }
 
 /// Exit codes: distinct for bad input, I/O failure and refusals for safety, so scripts can tell them apart.
@@ -40,6 +44,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a, cli.json),
         Command::Convert(a) => convert::run(a, cli.json),
+        Command::ExportHf(a) => export_hf::run(a, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
