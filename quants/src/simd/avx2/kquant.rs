@@ -155,148 +155,180 @@ struct QkxLanes {
 }
 
 /// Lane-parallel `make_qkx2_quants` / `make_qkx3_quants` (the scalar `make_qkx_quants_impl`
-/// with `use_mad == false` and 32 elements per group): lane `j` of `xt[i]`/`wt[i]` is element
-/// `i` of sub-block `j` and its weight.
+/// with `use_mad == false` and 32 elements per group) for `G` super-blocks at once: lane `j`
+/// of `xt[g][i]` / `wt[g][i]` is element `i` of sub-block `j` of super-block `g`, and its
+/// weight. The `G` super-blocks are independent; interleaving them gives the CPU independent
+/// add chains (each lane's sums must stay sequential to match the scalar order, so a single
+/// super-block is bound by add latency, not throughput).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn make_qkx_quants_x8(
-    xt: &[__m256; 32],
-    wt: &[__m256; 32],
+#[allow(clippy::too_many_arguments)]
+unsafe fn make_qkx_quants_x8<const G: usize>(
+    xt: &[[__m256; 32]; G],
+    wt: &[[__m256; 32]; G],
     nmax: i32,
     rmin: f32,
     rdelta: f32,
     nstep: i32,
     degenerate_if_le: bool,
-) -> QkxLanes {
+) -> [QkxLanes; G] {
     // SAFETY: register-only intrinsics apart from stores into local arrays; AVX2 (caller).
     unsafe {
         let zero = _mm256_setzero_ps();
         // Per lane: running min/max of the sub-block, Σw and Σw·x, in element order. The sums
         // start from element 0 itself, as the scalar code does (not from 0.0 + w0·x0).
-        let mut min = xt[0];
-        let mut max = xt[0];
-        let mut sum_w = wt[0];
-        let mut sum_x = _mm256_mul_ps(wt[0], xt[0]);
+        let mut min: [__m256; G] = std::array::from_fn(|g| xt[g][0]);
+        let mut max = min;
+        let mut sum_w: [__m256; G] = std::array::from_fn(|g| wt[g][0]);
+        let mut sum_x: [__m256; G] = std::array::from_fn(|g| _mm256_mul_ps(wt[g][0], xt[g][0]));
         for i in 1..32 {
-            // min_ps(a, b) is `a < b ? a : b`, i.e. `if x < min { min = x }` (NaN keeps min).
-            min = _mm256_min_ps(xt[i], min);
-            max = _mm256_max_ps(xt[i], max);
-            sum_w = _mm256_add_ps(sum_w, wt[i]);
-            sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(wt[i], xt[i]));
+            for g in 0..G {
+                // min_ps(a, b) is `a < b ? a : b`: `if x < min { min = x }` (NaN keeps min).
+                min[g] = _mm256_min_ps(xt[g][i], min[g]);
+                max[g] = _mm256_max_ps(xt[g][i], max[g]);
+                sum_w[g] = _mm256_add_ps(sum_w[g], wt[g][i]);
+                sum_x[g] = _mm256_add_ps(sum_x[g], _mm256_mul_ps(wt[g][i], xt[g][i]));
+            }
         }
-        // `if min > 0 { min = 0 }`
-        min = _mm256_blendv_ps(min, zero, _mm256_cmp_ps::<_CMP_GT_OQ>(min, zero));
-        let degenerate = if degenerate_if_le {
-            _mm256_cmp_ps::<_CMP_LE_OQ>(max, min)
-        } else {
-            _mm256_cmp_ps::<_CMP_EQ_OQ>(max, min)
-        };
+        let mut degenerate = [zero; G];
+        for g in 0..G {
+            // `if min > 0 { min = 0 }`
+            min[g] = _mm256_blendv_ps(min[g], zero, _mm256_cmp_ps::<_CMP_GT_OQ>(min[g], zero));
+            degenerate[g] = if degenerate_if_le {
+                _mm256_cmp_ps::<_CMP_LE_OQ>(max[g], min[g])
+            } else {
+                _mm256_cmp_ps::<_CMP_EQ_OQ>(max[g], min[g])
+            };
+        }
 
         let nmax_f = nmax as f32;
         let vnmax = _mm256_set1_ps(nmax_f);
-        let iscale = _mm256_div_ps(vnmax, _mm256_sub_ps(max, min));
-        let mut scale = _mm256_div_ps(_mm256_set1_ps(1.0), iscale);
+        let iscale: [__m256; G] =
+            std::array::from_fn(|g| _mm256_div_ps(vnmax, _mm256_sub_ps(max[g], min[g])));
+        let mut scale: [__m256; G] =
+            std::array::from_fn(|g| _mm256_div_ps(_mm256_set1_ps(1.0), iscale[g]));
         let mut best_iscale = iscale;
         let mut best_min_used = min;
 
         // Error of the plain min/max rounding.
-        let mut best_error = zero;
+        let mut best_error = [zero; G];
         for i in 0..32 {
-            let q = clamp_i32(
-                nearest_int_v(_mm256_mul_ps(iscale, _mm256_sub_ps(xt[i], min))),
-                0,
-                nmax,
-            );
-            let qf = _mm256_cvtepi32_ps(q);
-            // diff = scale·L + min − x, evaluated left to right.
-            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, qf), min), xt[i]);
-            best_error = _mm256_add_ps(best_error, _mm256_mul_ps(wt[i], _mm256_mul_ps(diff, diff)));
+            for g in 0..G {
+                let x = xt[g][i];
+                let v = _mm256_mul_ps(iscale[g], _mm256_sub_ps(x, min[g]));
+                let qf = _mm256_cvtepi32_ps(clamp_i32(nearest_int_v(v), 0, nmax));
+                // diff = scale·L + min − x, evaluated left to right.
+                let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale[g], qf), min[g]), x);
+                let e = _mm256_mul_ps(wt[g][i], _mm256_mul_ps(diff, diff));
+                best_error[g] = _mm256_add_ps(best_error[g], e);
+            }
         }
 
         if nstep >= 1 {
             // Trial levels of the current step, as f32 (lane j: level of element i of
             // sub-block j).
-            let mut laux = [zero; 32];
+            let mut laux = [[zero; 32]; G];
             for is in 0..=nstep {
                 // Scalar order: ((rmin + rdelta·is) + nmax) / (max − min); the numerator is
                 // the same for every lane.
-                let num = rmin + rdelta * is as f32 + nmax_f;
-                let iscale = _mm256_div_ps(_mm256_set1_ps(num), _mm256_sub_ps(max, min));
-                let mut sum_l = zero;
-                let mut sum_l2 = zero;
-                let mut sum_xl = zero;
+                let num = _mm256_set1_ps(rmin + rdelta * is as f32 + nmax_f);
+                let iscale: [__m256; G] =
+                    std::array::from_fn(|g| _mm256_div_ps(num, _mm256_sub_ps(max[g], min[g])));
+                let mut sum_l = [zero; G];
+                let mut sum_l2 = [zero; G];
+                let mut sum_xl = [zero; G];
                 for i in 0..32 {
-                    let q = clamp_i32(
-                        nearest_int_v(_mm256_mul_ps(iscale, _mm256_sub_ps(xt[i], min))),
-                        0,
-                        nmax,
-                    );
-                    let qf = _mm256_cvtepi32_ps(q);
-                    laux[i] = qf;
-                    let wq = _mm256_mul_ps(wt[i], qf);
-                    sum_l = _mm256_add_ps(sum_l, wq);
-                    sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wq, qf));
-                    sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wq, xt[i]));
+                    for g in 0..G {
+                        let x = xt[g][i];
+                        let v = _mm256_mul_ps(iscale[g], _mm256_sub_ps(x, min[g]));
+                        let qf = _mm256_cvtepi32_ps(clamp_i32(nearest_int_v(v), 0, nmax));
+                        laux[g][i] = qf;
+                        let wq = _mm256_mul_ps(wt[g][i], qf);
+                        sum_l[g] = _mm256_add_ps(sum_l[g], wq);
+                        sum_l2[g] = _mm256_add_ps(sum_l2[g], _mm256_mul_ps(wq, qf));
+                        sum_xl[g] = _mm256_add_ps(sum_xl[g], _mm256_mul_ps(wq, x));
+                    }
                 }
-                let d = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
-                let has_fit = _mm256_cmp_ps::<_CMP_GT_OQ>(d, zero);
-                if _mm256_movemask_ps(has_fit) == 0 {
+                let mut has_fit = [zero; G];
+                let mut this_scale = [zero; G];
+                let mut this_min = [zero; G];
+                let mut any_fit = 0;
+                for g in 0..G {
+                    let d = _mm256_sub_ps(
+                        _mm256_mul_ps(sum_w[g], sum_l2[g]),
+                        _mm256_mul_ps(sum_l[g], sum_l[g]),
+                    );
+                    has_fit[g] = _mm256_cmp_ps::<_CMP_GT_OQ>(d, zero);
+                    any_fit |= _mm256_movemask_ps(has_fit[g]);
+                    let s = _mm256_div_ps(
+                        _mm256_sub_ps(
+                            _mm256_mul_ps(sum_w[g], sum_xl[g]),
+                            _mm256_mul_ps(sum_x[g], sum_l[g]),
+                        ),
+                        d,
+                    );
+                    let m = _mm256_div_ps(
+                        _mm256_sub_ps(
+                            _mm256_mul_ps(sum_l2[g], sum_x[g]),
+                            _mm256_mul_ps(sum_l[g], sum_xl[g]),
+                        ),
+                        d,
+                    );
+                    // A positive min is not representable: pin it to 0 and refit the scale.
+                    let pos_min = _mm256_cmp_ps::<_CMP_GT_OQ>(m, zero);
+                    this_min[g] = _mm256_blendv_ps(m, zero, pos_min);
+                    this_scale[g] =
+                        _mm256_blendv_ps(s, _mm256_div_ps(sum_xl[g], sum_l2[g]), pos_min);
+                }
+                if any_fit == 0 {
                     continue;
                 }
-                let mut this_scale = _mm256_div_ps(
-                    _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)),
-                    d,
-                );
-                let mut this_min = _mm256_div_ps(
-                    _mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)),
-                    d,
-                );
-                // A positive min is not representable: pin it to 0 and refit the scale alone.
-                let pos_min = _mm256_cmp_ps::<_CMP_GT_OQ>(this_min, zero);
-                this_min = _mm256_blendv_ps(this_min, zero, pos_min);
-                this_scale = _mm256_blendv_ps(this_scale, _mm256_div_ps(sum_xl, sum_l2), pos_min);
-                let mut cur_error = zero;
+                let mut cur_error = [zero; G];
                 for i in 0..32 {
-                    let diff = _mm256_sub_ps(
-                        _mm256_add_ps(_mm256_mul_ps(this_scale, laux[i]), this_min),
-                        xt[i],
-                    );
-                    cur_error =
-                        _mm256_add_ps(cur_error, _mm256_mul_ps(wt[i], _mm256_mul_ps(diff, diff)));
+                    for g in 0..G {
+                        let diff = _mm256_sub_ps(
+                            _mm256_add_ps(_mm256_mul_ps(this_scale[g], laux[g][i]), this_min[g]),
+                            xt[g][i],
+                        );
+                        let e = _mm256_mul_ps(wt[g][i], _mm256_mul_ps(diff, diff));
+                        cur_error[g] = _mm256_add_ps(cur_error[g], e);
+                    }
                 }
-                let better =
-                    _mm256_and_ps(has_fit, _mm256_cmp_ps::<_CMP_LT_OQ>(cur_error, best_error));
-                best_error = _mm256_blendv_ps(best_error, cur_error, better);
-                scale = _mm256_blendv_ps(scale, this_scale, better);
-                best_iscale = _mm256_blendv_ps(best_iscale, iscale, better);
-                best_min_used = _mm256_blendv_ps(best_min_used, min, better);
-                // The scalar code updates `min` here, so later trials use the refitted offset.
-                min = _mm256_blendv_ps(min, this_min, better);
+                for g in 0..G {
+                    let better = _mm256_and_ps(
+                        has_fit[g],
+                        _mm256_cmp_ps::<_CMP_LT_OQ>(cur_error[g], best_error[g]),
+                    );
+                    best_error[g] = _mm256_blendv_ps(best_error[g], cur_error[g], better);
+                    scale[g] = _mm256_blendv_ps(scale[g], this_scale[g], better);
+                    best_iscale[g] = _mm256_blendv_ps(best_iscale[g], iscale[g], better);
+                    best_min_used[g] = _mm256_blendv_ps(best_min_used[g], min[g], better);
+                    // The scalar code updates `min` here: later trials use the refitted offset.
+                    min[g] = _mm256_blendv_ps(min[g], this_min[g], better);
+                }
             }
         }
 
-        let mut out = QkxLanes {
-            scale: [0.0; 8],
-            the_min: [0.0; 8],
-            best_iscale: [0.0; 8],
-            best_min_used: [0.0; 8],
-            degenerate: [false; 8],
-        };
-        _mm256_storeu_ps(
-            out.scale.as_mut_ptr(),
-            _mm256_blendv_ps(scale, zero, degenerate),
-        );
-        // `-min` as a negation (sign flip), like the scalar `-min`.
-        _mm256_storeu_ps(
-            out.the_min.as_mut_ptr(),
-            _mm256_xor_ps(min, _mm256_set1_ps(-0.0)),
-        );
-        _mm256_storeu_ps(out.best_iscale.as_mut_ptr(), best_iscale);
-        _mm256_storeu_ps(out.best_min_used.as_mut_ptr(), best_min_used);
-        let dmask = _mm256_movemask_ps(degenerate);
-        for (j, d) in out.degenerate.iter_mut().enumerate() {
-            *d = dmask & (1 << j) != 0;
-        }
-        out
+        std::array::from_fn(|g| {
+            let mut out = QkxLanes {
+                scale: [0.0; 8],
+                the_min: [0.0; 8],
+                best_iscale: [0.0; 8],
+                best_min_used: [0.0; 8],
+                degenerate: [false; 8],
+            };
+            let s = _mm256_blendv_ps(scale[g], zero, degenerate[g]);
+            _mm256_storeu_ps(out.scale.as_mut_ptr(), s);
+            // `-min` as a negation (sign flip), like the scalar `-min`.
+            let neg_min = _mm256_xor_ps(min[g], _mm256_set1_ps(-0.0));
+            _mm256_storeu_ps(out.the_min.as_mut_ptr(), neg_min);
+            _mm256_storeu_ps(out.best_iscale.as_mut_ptr(), best_iscale[g]);
+            _mm256_storeu_ps(out.best_min_used.as_mut_ptr(), best_min_used[g]);
+            let dmask = _mm256_movemask_ps(degenerate[g]);
+            for (j, d) in out.degenerate.iter_mut().enumerate() {
+                *d = dmask & (1 << j) != 0;
+            }
+            out
+        })
     }
 }
 
@@ -358,48 +390,47 @@ struct ScaleMinOut {
 
 /// The two scale-quantization schemes of ggml's Q4_K/Q5_K quantizers.
 #[derive(Clone, Copy)]
-enum ScaleMode<'a> {
+enum ScaleMode {
     /// `quantize_row_q4_K_ref` / `q5_K_ref`: `make_qkx2_quants` with weights `rms + |x|`, the
     /// 6-bit levels linear in the largest scale/min.
     Ref { rmin: f32, rdelta: f32, nstep: i32 },
-    /// `quantize_row_q4_K_impl` / `q5_K_impl` with importance `qw` (256 values):
-    /// `make_qkx3_quants` weighted by `qw·sqrt(σ² + x²)`, 6-bit levels by `make_qp_quants`.
-    Imatrix { qw: &'a [f32], clamp_levels: bool },
+    /// `quantize_row_q4_K_impl` / `q5_K_impl` with an importance row `qw`: `make_qkx3_quants`
+    /// weighted by `qw·sqrt(σ² + x²)`, 6-bit levels by `make_qp_quants`.
+    Imatrix { clamp_levels: bool },
 }
 
-/// One Q4_K/Q5_K super-block (mirrors `quantize_scale_min_block_ref` and
-/// `quantize_scale_min_block_imatrix` in `kquant_common`).
+/// Transposes one super-block (`xt[i]` lane `j` = `x[32j + i]`) and computes the search
+/// weights `wt` in the same layout: `rms(sub-block) + |x|`, or with importance `qw`
+/// `qw·sqrt(σ² + x²)`.
 ///
 /// # Safety
-/// AVX2 must be available; `x.len() >= 256` (checked).
+/// AVX2 must be available; `x.len() >= 256` and `qw.len() >= 256` (checked).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_scale_min_block(x: &[f32], nmax: i32, mode: ScaleMode<'_>) -> ScaleMinOut {
+unsafe fn prepare_scale_min(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    xt: &mut [__m256; 32],
+    wt: &mut [__m256; 32],
+) {
     let x = &x[..QK_K];
-    // SAFETY: all raw reads stay inside `x[..256]` (and `qw[..256]`, sliced below); AVX2
-    // (caller).
+    // SAFETY: raw reads stay inside x[..256] / qw[..256]; AVX2 (caller).
     unsafe {
-        let mut xt = [_mm256_setzero_ps(); 32];
-        transpose_groups::<32>(x.as_ptr(), 32, &mut xt);
-        let mut wt = [_mm256_setzero_ps(); 32];
-        let lanes = match mode {
-            ScaleMode::Ref {
-                rmin,
-                rdelta,
-                nstep,
-            } => {
+        transpose_groups::<32>(x.as_ptr(), 32, xt);
+        match qw {
+            None => {
                 // Lane j: Σ x² over sub-block j, in element order, then rms = sqrt(Σ/32).
                 let mut sum_x2 = _mm256_setzero_ps();
-                for v in &xt {
+                for v in xt.iter() {
                     sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(*v, *v));
                 }
                 let av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.0)));
-                for (w, v) in wt.iter_mut().zip(&xt) {
+                for (w, v) in wt.iter_mut().zip(xt.iter()) {
                     *w = _mm256_add_ps(av_x, abs_v(*v));
                 }
-                make_qkx_quants_x8(&xt, &wt, nmax, rmin, rdelta, nstep, false)
             }
-            ScaleMode::Imatrix { qw, .. } => {
+            Some(qw) => {
                 let qw = &qw[..QK_K];
+                // σ² uses the whole super-block, summed in element order like the reference.
                 let mut sum_x2 = 0.0f32;
                 for &v in x {
                     sum_x2 += v * v;
@@ -407,16 +438,32 @@ unsafe fn quantize_scale_min_block(x: &[f32], nmax: i32, mode: ScaleMode<'_>) ->
                 let sigma2 = _mm256_set1_ps(2.0 * sum_x2 / 256.0);
                 let mut qwt = [_mm256_setzero_ps(); 32];
                 transpose_groups::<32>(qw.as_ptr(), 32, &mut qwt);
-                for ((w, v), q) in wt.iter_mut().zip(&xt).zip(&qwt) {
-                    *w = _mm256_mul_ps(
-                        *q,
-                        _mm256_sqrt_ps(_mm256_add_ps(sigma2, _mm256_mul_ps(*v, *v))),
-                    );
+                for ((w, v), q) in wt.iter_mut().zip(xt.iter()).zip(&qwt) {
+                    let r = _mm256_sqrt_ps(_mm256_add_ps(sigma2, _mm256_mul_ps(*v, *v)));
+                    *w = _mm256_mul_ps(*q, r);
                 }
-                make_qkx_quants_x8(&xt, &wt, nmax, -0.9, 0.05, 36, true)
             }
-        };
+        }
+    }
+}
 
+/// Quantizes the 8 sub-block scales and mins to 6 bits and computes the final levels of one
+/// super-block, given the search result `lanes` (mirrors the tail of
+/// `quantize_scale_min_block_ref` / `_imatrix` in `kquant_common`).
+///
+/// # Safety
+/// AVX2 must be available; `x.len() >= 256` (checked).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn finish_scale_min(
+    x: &[f32],
+    wt: &[__m256; 32],
+    nmax: i32,
+    mode: ScaleMode,
+    lanes: &QkxLanes,
+) -> ScaleMinOut {
+    let x = &x[..QK_K];
+    // SAFETY: raw reads stay inside x[..256]; AVX2 (caller).
+    unsafe {
         let (d, dmin, scales) = match mode {
             ScaleMode::Ref { .. } => {
                 let mut max_scale = 0.0f32;
@@ -438,6 +485,7 @@ unsafe fn quantize_scale_min_block(x: &[f32], nmax: i32, mode: ScaleMode<'_>) ->
                 let mut ls = [0u8; 8];
                 let mut lm = [0u8; 8];
                 for j in 0..8 {
+                    // nearest_int lands in a uint8_t (truncating) before the clamp, as in ggml.
                     ls[j] = (nearest_int(inv_scale * lanes.scale[j]) as u8).min(63);
                     lm[j] = (nearest_int(inv_min * lanes.the_min[j]) as u8).min(63);
                 }
@@ -447,10 +495,10 @@ unsafe fn quantize_scale_min_block(x: &[f32], nmax: i32, mode: ScaleMode<'_>) ->
                     pack_scale_min_k4(&ls, &lm),
                 )
             }
-            ScaleMode::Imatrix { clamp_levels, .. } => {
+            ScaleMode::Imatrix { clamp_levels } => {
                 // Σ weights of each sub-block, in element order (the importance of its scale).
                 let mut sw_v = _mm256_setzero_ps();
-                for w in &wt {
+                for w in wt {
                     sw_v = _mm256_add_ps(sw_v, *w);
                 }
                 let mut sw = [0.0f32; 8];
@@ -478,13 +526,97 @@ unsafe fn quantize_scale_min_block(x: &[f32], nmax: i32, mode: ScaleMode<'_>) ->
             let (sc, m) = get_scale_min_k4(j, &scales);
             let dj = d_all * f32::from(sc);
             let dm = dmin_all * f32::from(m);
-            sub_block_levels(x.as_ptr().add(32 * j), nmax, dj, dm, &lanes, j)
+            sub_block_levels(x.as_ptr().add(32 * j), nmax, dj, dm, lanes, j)
         });
         ScaleMinOut {
             d,
             dmin,
             scales,
             levels,
+        }
+    }
+}
+
+/// `G` Q4_K/Q5_K super-blocks through one interleaved scale search.
+///
+/// # Safety
+/// AVX2 must be available; every `x[g]` (and `qw[g]`) has at least 256 values (checked).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_scale_min_blocks<const G: usize>(
+    x: [&[f32]; G],
+    qw: [Option<&[f32]>; G],
+    nmax: i32,
+    mode: ScaleMode,
+) -> [ScaleMinOut; G] {
+    // SAFETY: AVX2 (caller); the callees check their slice lengths.
+    unsafe {
+        let mut xt = [[_mm256_setzero_ps(); 32]; G];
+        let mut wt = [[_mm256_setzero_ps(); 32]; G];
+        for g in 0..G {
+            prepare_scale_min(x[g], qw[g], &mut xt[g], &mut wt[g]);
+        }
+        let lanes = match mode {
+            ScaleMode::Ref {
+                rmin,
+                rdelta,
+                nstep,
+            } => make_qkx_quants_x8::<G>(&xt, &wt, nmax, rmin, rdelta, nstep, false),
+            ScaleMode::Imatrix { .. } => {
+                make_qkx_quants_x8::<G>(&xt, &wt, nmax, -0.9, 0.05, 36, true)
+            }
+        };
+        std::array::from_fn(|g| finish_scale_min(x[g], &wt[g], nmax, mode, &lanes[g]))
+    }
+}
+
+/// Super-blocks searched together by [`quantize_row_scale_min`].
+const WIDE: usize = 2;
+
+/// Quantizes a row of Q4_K/Q5_K super-blocks, [`WIDE`] at a time (the rest one by one),
+/// handing each result to `pack`.
+///
+/// # Safety
+/// AVX2 must be available. Lengths are checked.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_row_scale_min<B>(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: &mut [B],
+    nmax: i32,
+    mode: ScaleMode,
+    mut pack: impl FnMut(&ScaleMinOut, &mut B),
+) {
+    assert_eq!(
+        x.len(),
+        y.len() * QK_K,
+        "K-quant quantizer: length mismatch"
+    );
+    if let Some(qw) = qw {
+        assert_eq!(
+            qw.len(),
+            x.len(),
+            "K-quant quantizer: importance length mismatch"
+        );
+    }
+    let block = |i: usize| &x[QK_K * i..QK_K * (i + 1)];
+    let imp = |i: usize| qw.map(|w| &w[QK_K * i..QK_K * (i + 1)]);
+    let groups = y.len() / WIDE;
+    // SAFETY: AVX2 (caller); every slice passed holds exactly one super-block.
+    unsafe {
+        for p in 0..groups {
+            let outs = quantize_scale_min_blocks::<WIDE>(
+                std::array::from_fn(|g| block(WIDE * p + g)),
+                std::array::from_fn(|g| imp(WIDE * p + g)),
+                nmax,
+                mode,
+            );
+            for (g, out) in outs.iter().enumerate() {
+                pack(out, &mut y[WIDE * p + g]);
+            }
+        }
+        for (last, yb) in y.iter_mut().enumerate().skip(WIDE * groups) {
+            let [out] = quantize_scale_min_blocks::<1>([block(last)], [imp(last)], nmax, mode);
+            pack(&out, yb);
         }
     }
 }
@@ -548,26 +680,13 @@ unsafe fn pack_q5_k(out: &ScaleMinOut, y: &mut BlockQ5K) {
 /// AVX2, FMA and F16C must be available. Lengths are checked.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) {
-    assert_eq!(
-        x.len(),
-        y.len() * QK_K,
-        "quantize_row_q4_k: length mismatch"
-    );
-    for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
-        // SAFETY: AVX2 (caller); xb has 256 elements.
-        unsafe {
-            let out = quantize_scale_min_block(
-                xb,
-                15,
-                ScaleMode::Ref {
-                    rmin: -1.0,
-                    rdelta: 0.1,
-                    nstep: 20,
-                },
-            );
-            pack_q4_k(&out, yb);
-        }
-    }
+    let mode = ScaleMode::Ref {
+        rmin: -1.0,
+        rdelta: 0.1,
+        nstep: 20,
+    };
+    // SAFETY: AVX2 (caller); the driver checks lengths.
+    unsafe { quantize_row_scale_min(x, None, y, 15, mode, |o, b| pack_q4_k(o, b)) }
 }
 
 /// Q4_K importance-weighted quantizer (`quantize_row_q4_k_imatrix`).
@@ -576,34 +695,11 @@ pub(super) unsafe fn quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]) {
 /// AVX2, FMA and F16C must be available. Lengths are checked.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quantize_row_q4_k_imatrix(x: &[f32], y: &mut [BlockQ4K], qw: &[f32]) {
-    assert_eq!(
-        x.len(),
-        y.len() * QK_K,
-        "quantize_row_q4_k_imatrix: length mismatch"
-    );
-    assert_eq!(
-        qw.len(),
-        x.len(),
-        "quantize_row_q4_k_imatrix: importance length mismatch"
-    );
-    for ((xb, wb), yb) in x
-        .chunks_exact(QK_K)
-        .zip(qw.chunks_exact(QK_K))
-        .zip(y.iter_mut())
-    {
-        // SAFETY: AVX2 (caller); xb and wb have 256 elements.
-        unsafe {
-            let out = quantize_scale_min_block(
-                xb,
-                15,
-                ScaleMode::Imatrix {
-                    qw: wb,
-                    clamp_levels: false,
-                },
-            );
-            pack_q4_k(&out, yb);
-        }
-    }
+    let mode = ScaleMode::Imatrix {
+        clamp_levels: false,
+    };
+    // SAFETY: AVX2 (caller); the driver checks lengths.
+    unsafe { quantize_row_scale_min(x, Some(qw), y, 15, mode, |o, b| pack_q4_k(o, b)) }
 }
 
 /// Q5_K row quantizer (`quantize_row_q5_k_ref`).
@@ -612,26 +708,13 @@ pub(super) unsafe fn quantize_row_q4_k_imatrix(x: &[f32], y: &mut [BlockQ4K], qw
 /// AVX2, FMA and F16C must be available. Lengths are checked.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5K]) {
-    assert_eq!(
-        x.len(),
-        y.len() * QK_K,
-        "quantize_row_q5_k: length mismatch"
-    );
-    for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
-        // SAFETY: AVX2 (caller); xb has 256 elements.
-        unsafe {
-            let out = quantize_scale_min_block(
-                xb,
-                31,
-                ScaleMode::Ref {
-                    rmin: -0.5,
-                    rdelta: 0.1,
-                    nstep: 15,
-                },
-            );
-            pack_q5_k(&out, yb);
-        }
-    }
+    let mode = ScaleMode::Ref {
+        rmin: -0.5,
+        rdelta: 0.1,
+        nstep: 15,
+    };
+    // SAFETY: AVX2 (caller); the driver checks lengths.
+    unsafe { quantize_row_scale_min(x, None, y, 31, mode, |o, b| pack_q5_k(o, b)) }
 }
 
 /// Q5_K importance-weighted quantizer (`quantize_row_q5_k_imatrix`).
@@ -640,34 +723,9 @@ pub(super) unsafe fn quantize_row_q5_k(x: &[f32], y: &mut [BlockQ5K]) {
 /// AVX2, FMA and F16C must be available. Lengths are checked.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn quantize_row_q5_k_imatrix(x: &[f32], y: &mut [BlockQ5K], qw: &[f32]) {
-    assert_eq!(
-        x.len(),
-        y.len() * QK_K,
-        "quantize_row_q5_k_imatrix: length mismatch"
-    );
-    assert_eq!(
-        qw.len(),
-        x.len(),
-        "quantize_row_q5_k_imatrix: importance length mismatch"
-    );
-    for ((xb, wb), yb) in x
-        .chunks_exact(QK_K)
-        .zip(qw.chunks_exact(QK_K))
-        .zip(y.iter_mut())
-    {
-        // SAFETY: AVX2 (caller); xb and wb have 256 elements.
-        unsafe {
-            let out = quantize_scale_min_block(
-                xb,
-                31,
-                ScaleMode::Imatrix {
-                    qw: wb,
-                    clamp_levels: true,
-                },
-            );
-            pack_q5_k(&out, yb);
-        }
-    }
+    let mode = ScaleMode::Imatrix { clamp_levels: true };
+    // SAFETY: AVX2 (caller); the driver checks lengths.
+    unsafe { quantize_row_scale_min(x, Some(qw), y, 31, mode, |o, b| pack_q5_k(o, b)) }
 }
 
 /// Per-lane outcome of [`make_qx_quants_x16`]: lane `j` of vector `g` is sub-block `8g + j`.
@@ -688,69 +746,82 @@ unsafe fn make_qx_quants_x16(xt: &[[__m256; 2]; 16], wt: &[[__m256; 2]; 16]) -> 
     // SAFETY: register-only intrinsics apart from stores into local arrays; AVX2 (caller).
     unsafe {
         let zero = _mm256_setzero_ps();
+        // Both vectors (sub-blocks 0..8 and 8..16) advance together so that their sequential
+        // per-lane sums form two independent dependency chains.
+        // Lane: the value of largest magnitude; the first one wins on ties (strict `>`).
+        let mut amax = [zero; 2];
+        let mut max = [zero; 2];
+        for row in xt {
+            for g in 0..2 {
+                let ax = abs_v(row[g]);
+                let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax[g]);
+                amax[g] = _mm256_blendv_ps(amax[g], ax, gt);
+                max[g] = _mm256_blendv_ps(max[g], row[g], gt);
+            }
+        }
+        let eps = _mm256_set1_ps(GROUP_MAX_EPS);
+        let is_zero: [__m256; 2] =
+            std::array::from_fn(|g| _mm256_cmp_ps::<_CMP_LT_OQ>(amax[g], eps));
+
+        // Sums Σ w·x·q and Σ w·q² for inverse scales `iscale`, in element order.
+        let sums = |iscale: [__m256; 2]| {
+            let mut sumlx = [zero; 2];
+            let mut suml2 = [zero; 2];
+            for i in 0..16 {
+                for g in 0..2 {
+                    let (x, w) = (xt[i][g], wt[i][g]);
+                    let q = clamp_i32(nearest_int_v(_mm256_mul_ps(iscale[g], x)), -NMAX, NMAX - 1);
+                    let qf = _mm256_cvtepi32_ps(q);
+                    sumlx[g] = _mm256_add_ps(sumlx[g], _mm256_mul_ps(_mm256_mul_ps(w, x), qf));
+                    suml2[g] = _mm256_add_ps(suml2[g], _mm256_mul_ps(_mm256_mul_ps(w, qf), qf));
+                }
+            }
+            (sumlx, suml2)
+        };
+
+        let neg_nmax = _mm256_set1_ps(-nmax_f);
+        let iscale: [__m256; 2] = std::array::from_fn(|g| _mm256_div_ps(neg_nmax, max[g]));
+        let (sumlx, suml2) = sums(iscale);
+        let mut scale = [zero; 2];
+        let mut best = [zero; 2];
+        for g in 0..2 {
+            // `suml2 != 0` is also true for NaN, hence the unordered compare.
+            let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2[g], zero);
+            scale[g] = _mm256_and_ps(_mm256_div_ps(sumlx[g], suml2[g]), nonzero);
+            best[g] = _mm256_mul_ps(scale[g], sumlx[g]);
+        }
+        let mut best_iscale = iscale;
+        for is in -9i32..=9 {
+            if is == 0 {
+                continue;
+            }
+            let num = _mm256_set1_ps(-(nmax_f + 0.1 * is as f32));
+            let iscale: [__m256; 2] = std::array::from_fn(|g| _mm256_div_ps(num, max[g]));
+            let (sumlx, suml2) = sums(iscale);
+            for g in 0..2 {
+                let better = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[g], zero),
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(
+                        _mm256_mul_ps(sumlx[g], sumlx[g]),
+                        _mm256_mul_ps(best[g], suml2[g]),
+                    ),
+                );
+                let new_scale = _mm256_div_ps(sumlx[g], suml2[g]);
+                scale[g] = _mm256_blendv_ps(scale[g], new_scale, better);
+                best[g] = _mm256_blendv_ps(best[g], _mm256_mul_ps(new_scale, sumlx[g]), better);
+                best_iscale[g] = _mm256_blendv_ps(best_iscale[g], iscale[g], better);
+            }
+        }
         let mut out = QxLanes {
             scale: [0.0; 16],
             best_iscale: [0.0; 16],
             zero: [false; 16],
         };
         for g in 0..2 {
-            // Lane: the value of largest magnitude; the first one wins on ties (strict `>`).
-            let mut amax = zero;
-            let mut max = zero;
-            for row in xt {
-                let ax = abs_v(row[g]);
-                let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax);
-                amax = _mm256_blendv_ps(amax, ax, gt);
-                max = _mm256_blendv_ps(max, row[g], gt);
-            }
-            let is_zero = _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(GROUP_MAX_EPS));
-
-            // Sums Σ w·x·q and Σ w·q² for inverse scale `iscale`, in element order.
-            let sums = |iscale: __m256| {
-                let mut sumlx = zero;
-                let mut suml2 = zero;
-                for i in 0..16 {
-                    let (x, w) = (xt[i][g], wt[i][g]);
-                    let q = clamp_i32(nearest_int_v(_mm256_mul_ps(iscale, x)), -NMAX, NMAX - 1);
-                    let qf = _mm256_cvtepi32_ps(q);
-                    sumlx = _mm256_add_ps(sumlx, _mm256_mul_ps(_mm256_mul_ps(w, x), qf));
-                    suml2 = _mm256_add_ps(suml2, _mm256_mul_ps(_mm256_mul_ps(w, qf), qf));
-                }
-                (sumlx, suml2)
-            };
-
-            let iscale = _mm256_div_ps(_mm256_set1_ps(-nmax_f), max);
-            let (sumlx, suml2) = sums(iscale);
-            // `suml2 != 0` is also true for NaN, hence the unordered compare.
-            let nonzero = _mm256_cmp_ps::<_CMP_NEQ_UQ>(suml2, zero);
-            let mut scale = _mm256_and_ps(_mm256_div_ps(sumlx, suml2), nonzero);
-            let mut best = _mm256_mul_ps(scale, sumlx);
-            let mut best_iscale = iscale;
-            for is in -9i32..=9 {
-                if is == 0 {
-                    continue;
-                }
-                let num = -(nmax_f + 0.1 * is as f32);
-                let iscale = _mm256_div_ps(_mm256_set1_ps(num), max);
-                let (sumlx, suml2) = sums(iscale);
-                let better = _mm256_and_ps(
-                    _mm256_cmp_ps::<_CMP_GT_OQ>(suml2, zero),
-                    _mm256_cmp_ps::<_CMP_GT_OQ>(
-                        _mm256_mul_ps(sumlx, sumlx),
-                        _mm256_mul_ps(best, suml2),
-                    ),
-                );
-                let new_scale = _mm256_div_ps(sumlx, suml2);
-                scale = _mm256_blendv_ps(scale, new_scale, better);
-                best = _mm256_blendv_ps(best, _mm256_mul_ps(new_scale, sumlx), better);
-                best_iscale = _mm256_blendv_ps(best_iscale, iscale, better);
-            }
-            _mm256_storeu_ps(
-                out.scale.as_mut_ptr().add(8 * g),
-                _mm256_blendv_ps(scale, zero, is_zero),
-            );
-            _mm256_storeu_ps(out.best_iscale.as_mut_ptr().add(8 * g), best_iscale);
-            let zmask = _mm256_movemask_ps(is_zero);
+            let s = _mm256_blendv_ps(scale[g], zero, is_zero[g]);
+            _mm256_storeu_ps(out.scale.as_mut_ptr().add(8 * g), s);
+            _mm256_storeu_ps(out.best_iscale.as_mut_ptr().add(8 * g), best_iscale[g]);
+            let zmask = _mm256_movemask_ps(is_zero[g]);
             for j in 0..8 {
                 out.zero[8 * g + j] = zmask & (1 << j) != 0;
             }
