@@ -449,17 +449,14 @@ fn read_hparams(file: &GgufFile) -> Result<Hparams, ExportError> {
     // llama.cpp's default when a llama GGUF has no freq_base.
     let rope_theta = md_f32(md, "llama.rope.freq_base")?.unwrap_or(10_000.0);
 
-    if file.tensor(ROPE_FREQS).is_some() {
-        return Err(ExportError::Unsupported(format!(
-            "`{ROPE_FREQS}` (Llama-3.1-style rope scaling) cannot be turned back into config.json's \
-             rope_scaling: its parameters are not stored in the GGUF"
-        )));
-    }
     let scaling_type = md
         .get("llama.rope.scaling.type")
         .and_then(Value::as_str)
         .unwrap_or("none");
     let rope_scaling = match scaling_type {
+        "none" if file.tensor(ROPE_FREQS).is_some() => {
+            Some(llama3_scaling(file, rope_theta, head_dim)?)
+        }
         "none" => None,
         "linear" => {
             let factor = md_f32(md, "llama.rope.scaling.factor")?.ok_or_else(|| {
@@ -489,6 +486,86 @@ fn read_hparams(file: &GgufFile) -> Result<Hparams, ExportError> {
         rope_theta,
         rope_scaling,
     })
+}
+
+/// Recovers Llama-3.1 `rope_scaling` from the `rope_freqs.weight` tensor.
+///
+/// The GGUF stores only the per-frequency factors, not the parameters that produced them, so we
+/// search the values Llama-3.x checkpoints use and accept parameters only when the converter's own
+/// generator ([`crate::convert::config::llama3_rope_factors`]) reproduces every stored factor bit
+/// for bit. Where several parameter sets produce the same factors, any of them converts back to
+/// the identical tensor, so the first (the most common: 1, 4, 8192) is as good as the original.
+fn llama3_scaling(file: &GgufFile, theta: f32, head_dim: u64) -> Result<Json, ExportError> {
+    let info = file
+        .tensor(ROPE_FREQS)
+        .ok_or_else(|| ExportError::MissingTensor(ROPE_FREQS.into()))?;
+    let refuse = |why: &str| {
+        ExportError::Unsupported(format!(
+            "`{ROPE_FREQS}` (Llama-3.1-style rope scaling) cannot be turned back into config.json's \
+             rope_scaling: {why}"
+        ))
+    };
+    if info.dims != [head_dim / 2] {
+        return Err(refuse(&format!(
+            "dims {:?}, expected [{}]",
+            info.dims,
+            head_dim / 2
+        )));
+    }
+    let fmt = block_format(info.ggml_type).ok_or_else(|| ExportError::UnsupportedType {
+        tensor: info.name.clone(),
+        ggml_type: info.ggml_type,
+    })?;
+    let mut stored = vec![0f32; (head_dim / 2) as usize];
+    dequantize_row(fmt, file.tensor_data(info), &mut stored).map_err(|source| {
+        ExportError::Dequantize {
+            tensor: info.name.clone(),
+            source,
+        }
+    })?;
+    let want: Vec<u32> = stored.iter().map(|x| x.to_bits()).collect();
+    // The lowest frequencies carry `factor` itself; fall back to the usual values.
+    let shortest = |v: f32| format!("{v}").parse::<f64>().unwrap_or(f64::from(v));
+    let mut factors: Vec<f64> = stored
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(None, |m: Option<f32>, v| Some(m.map_or(v, |m| m.max(v))))
+        .map(shortest)
+        .into_iter()
+        .collect();
+    factors.extend([8.0, 16.0, 32.0, 4.0, 2.0]);
+    for &factor in &factors {
+        for low in [1.0, 0.5, 2.0, 1.5, 4.0] {
+            for high in [4.0, 2.0, 8.0, 1.0, 16.0, 32.0] {
+                if high <= low {
+                    continue;
+                }
+                for ctx in [8192u64, 4096, 2048, 16384, 32768, 65536, 131072] {
+                    let got = crate::convert::config::llama3_rope_factors(
+                        f64::from(theta),
+                        head_dim,
+                        factor,
+                        low,
+                        high,
+                        ctx,
+                    );
+                    if got.iter().map(|x| x.to_bits()).eq(want.iter().copied()) {
+                        return Ok(json!({
+                            "factor": factor,
+                            "low_freq_factor": low,
+                            "high_freq_factor": high,
+                            "original_max_position_embeddings": ctx,
+                            "rope_type": "llama3",
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    Err(refuse(
+        "no Llama-3 rope_scaling parameters reproduce its factors",
+    ))
 }
 
 /// A tensor to write: where it comes from and how it is laid out in HF.
@@ -566,6 +643,10 @@ fn hf_order(hf: &str) -> (u64, u64, u64) {
 fn plan_tensors(file: &GgufFile, hp: &Hparams) -> Result<Vec<Planned>, ExportError> {
     let mut out = Vec::with_capacity(file.tensors().len());
     for info in file.tensors() {
+        // Generated from config.json's rope_scaling (read_hparams recovered it); no HF tensor.
+        if info.name == ROPE_FREQS {
+            continue;
+        }
         let hf_name = gguf_to_hf_name(&info.name)
             .ok_or_else(|| ExportError::UnknownTensor(info.name.clone()))?;
         let expected = expected_dims(&info.name, hp)
@@ -685,31 +766,31 @@ fn hf_tensor_bytes(
         .enumerate()
         .map_init(
             || vec![0f32; row_len],
-            |buf, (hf_row, dst)| -> Result<(), (usize, ExportError)> {
+            |buf, (hf_row, dst)| -> Result<(), Box<(usize, ExportError)>> {
                 let g = src_row
                     .as_ref()
                     .map_or(hf_row, |m| m.get(hf_row).copied().unwrap_or(hf_row));
                 let src = data.get(g * row_size..(g + 1) * row_size).unwrap_or(&[]);
                 dequantize_row(p.fmt, src, buf).map_err(|source| {
-                    (
+                    Box::new((
                         hf_row * row_len,
                         ExportError::Dequantize {
                             tensor: tensor.clone(),
                             source,
                         },
-                    )
+                    ))
                 })?;
                 for (i, (&x, d)) in buf.iter().zip(dst.chunks_exact_mut(esize)).enumerate() {
                     let index = hf_row * row_len + i;
                     if !x.is_finite() {
-                        return Err((
+                        return Err(Box::new((
                             index,
                             ExportError::NonFinite {
                                 tensor: tensor.clone(),
                                 index,
                                 value: x,
                             },
-                        ));
+                        )));
                     }
                     match dtype {
                         ExportDtype::F32 => d.copy_from_slice(&x.to_le_bytes()),
@@ -717,14 +798,14 @@ fn hf_tensor_bytes(
                         ExportDtype::F16 => {
                             let h = f16::from_f32(x);
                             if h.is_infinite() {
-                                return Err((
+                                return Err(Box::new((
                                     index,
                                     ExportError::F16Overflow {
                                         tensor: tensor.clone(),
                                         index,
                                         value: x,
                                     },
-                                ));
+                                )));
                             }
                             d.copy_from_slice(&h.to_le_bytes());
                         }
@@ -734,9 +815,9 @@ fn hf_tensor_bytes(
             },
         )
         .filter_map(Result::err)
-        .min_by_key(|(i, _)| *i);
+        .min_by_key(|b| b.0);
     match first_err {
-        Some((_, e)) => Err(e),
+        Some(b) => Err(b.1),
         None => Ok(out),
     }
 }

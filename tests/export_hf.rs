@@ -578,16 +578,27 @@ fn synth_gguf(
     dir: &Path,
     tweak: impl FnOnce(&mut Metadata, &mut Vec<(TensorSpec, Vec<u8>)>),
 ) -> PathBuf {
+    synth_gguf_shaped(dir, N_EMBD, N_HEAD, HEAD_DIM, tweak)
+}
+
+/// As [`synth_gguf`] with other attention dimensions (N_KV KV heads, FFN N_FF).
+fn synth_gguf_shaped(
+    dir: &Path,
+    n_embd: u64,
+    n_head: u64,
+    head_dim: u64,
+    tweak: impl FnOnce(&mut Metadata, &mut Vec<(TensorSpec, Vec<u8>)>),
+) -> PathBuf {
     let mut md = Metadata::new();
     md.insert("general.architecture", "llama");
-    md.insert("llama.embedding_length", Value::U32(N_EMBD as u32));
+    md.insert("llama.embedding_length", Value::U32(n_embd as u32));
     md.insert("llama.block_count", Value::U32(1));
     md.insert("llama.feed_forward_length", Value::U32(N_FF as u32));
-    md.insert("llama.attention.head_count", Value::U32(N_HEAD as u32));
+    md.insert("llama.attention.head_count", Value::U32(n_head as u32));
     md.insert("llama.attention.head_count_kv", Value::U32(N_KV as u32));
     md.insert("llama.context_length", Value::U32(4096));
     md.insert("llama.rope.freq_base", Value::F32(500000.0));
-    md.insert("llama.rope.dimension_count", Value::U32(HEAD_DIM as u32));
+    md.insert("llama.rope.dimension_count", Value::U32(head_dim as u32));
     md.insert("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-6));
     md.insert("llama.vocab_size", Value::U32(7));
     md.insert("tokenizer.ggml.model", "gpt2");
@@ -611,21 +622,21 @@ fn synth_gguf(
     md.insert("tokenizer.ggml.eos_token_id", Value::U32(1));
     md.insert("tokenizer.ggml.add_bos_token", Value::Bool(true));
     md.insert("tokenizer.chat_template", "{{ messages }}");
-    let q = N_HEAD * HEAD_DIM;
-    let kv = N_KV * HEAD_DIM;
+    let q = n_head * head_dim;
+    let kv = N_KV * head_dim;
     let shapes: Vec<(&str, Vec<u64>)> = vec![
-        ("token_embd.weight", vec![N_EMBD, 7]),
-        ("blk.0.attn_norm.weight", vec![N_EMBD]),
-        ("blk.0.attn_q.weight", vec![N_EMBD, q]),
-        ("blk.0.attn_k.weight", vec![N_EMBD, kv]),
-        ("blk.0.attn_v.weight", vec![N_EMBD, kv]),
-        ("blk.0.attn_output.weight", vec![q, N_EMBD]),
-        ("blk.0.ffn_norm.weight", vec![N_EMBD]),
-        ("blk.0.ffn_gate.weight", vec![N_EMBD, N_FF]),
-        ("blk.0.ffn_up.weight", vec![N_EMBD, N_FF]),
-        ("blk.0.ffn_down.weight", vec![N_FF, N_EMBD]),
-        ("output_norm.weight", vec![N_EMBD]),
-        ("output.weight", vec![N_EMBD, 7]),
+        ("token_embd.weight", vec![n_embd, 7]),
+        ("blk.0.attn_norm.weight", vec![n_embd]),
+        ("blk.0.attn_q.weight", vec![n_embd, q]),
+        ("blk.0.attn_k.weight", vec![n_embd, kv]),
+        ("blk.0.attn_v.weight", vec![n_embd, kv]),
+        ("blk.0.attn_output.weight", vec![q, n_embd]),
+        ("blk.0.ffn_norm.weight", vec![n_embd]),
+        ("blk.0.ffn_gate.weight", vec![n_embd, N_FF]),
+        ("blk.0.ffn_up.weight", vec![n_embd, N_FF]),
+        ("blk.0.ffn_down.weight", vec![N_FF, n_embd]),
+        ("output_norm.weight", vec![n_embd]),
+        ("output.weight", vec![n_embd, 7]),
     ];
     let mut tensors: Vec<(TensorSpec, Vec<u8>)> = shapes
         .into_iter()
@@ -977,4 +988,49 @@ fn smollm2_export_reads_back_through_the_converters_readers() {
         vocab.chat_template,
         Some(ChatTemplate::Single(tmpl.to_string()))
     );
+}
+
+/// Llama-3.1 rope scaling survives: the exporter recovers `rope_scaling` from `rope_freqs.weight`
+/// so that the converter regenerates the identical tensor.
+#[test]
+fn llama3_rope_freqs_become_rope_scaling() {
+    use longquant::convert::config::{llama3_rope_factors, LlamaConfig, RopeScaling};
+    let tmp = tempfile::tempdir().unwrap();
+    // Llama-3.1-8B's rope: theta 500000, head size 128, factor 8, low 1, high 4, 8192 positions.
+    let factors = llama3_rope_factors(500000.0, 128, 8.0, 1.0, 4.0, 8192);
+    let input = synth_gguf_shaped(tmp.path(), 256, 2, 128, |_, t| {
+        let bytes = factors.iter().flat_map(|x| x.to_le_bytes()).collect();
+        t.push((
+            TensorSpec::new("rope_freqs.weight", vec![64], GgmlType::F32),
+            bytes,
+        ));
+    });
+    let out = tmp.path().join("hf");
+    let s = export::export_hf(&input, &out, &ExportOptions::default(), &no_progress).unwrap();
+    assert_eq!(s.tensors.len(), 12, "rope_freqs is not an HF tensor");
+    let c = read_json(&out.join("config.json"));
+    let rs = &c["rope_scaling"];
+    assert_eq!(rs["rope_type"], "llama3");
+    assert_eq!(rs["factor"].as_f64(), Some(8.0));
+    assert_eq!(rs["original_max_position_embeddings"].as_u64(), Some(8192));
+    let cfg = LlamaConfig::from_json(&c).unwrap();
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_context_length,
+    } = cfg.rope_scaling
+    else {
+        panic!("{:?}", cfg.rope_scaling)
+    };
+    let again = llama3_rope_factors(
+        500000.0,
+        128,
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_context_length,
+    );
+    assert_eq!(bits(&again), bits(&factors));
+    assert_eq!(bits(&cfg.rope_freqs().unwrap()), bits(&factors));
 }
