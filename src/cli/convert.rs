@@ -1,6 +1,149 @@
-//! `longquant convert` (being written).
+//! `longquant convert SRC -o OUT --type T [--imatrix FILE] [--threads N] [--pre NAME] [--json] [--force]`.
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use longquant::convert::pipeline::{ConvertError, Progress};
+use longquant::convert::{convert, ConvertOptions, FileType, TypeChoice};
+use longquant::formats::ErrorKind;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
 #[derive(clap::Args)]
-pub struct Args {}
-pub fn run(_a: Args, _json: bool) -> anyhow::Result<()> {
-    anyhow::bail!("convert is not built yet")
+pub struct Args {
+    /// Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json, tokenizer_config.json).
+    src: PathBuf,
+    /// The GGUF file to write (written to a temporary file beside it, renamed when complete).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Output type: auto (the checkpoint's own precision), F32, F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S,
+    /// Q4_K_M, Q4_K_S, Q5_0, Q5_1, Q4_0, Q4_1. Mixes match llama.cpp's llama-quantize.
+    #[arg(long = "type", default_value = "auto")]
+    file_type: String,
+    /// Importance matrix (not supported by convert yet).
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Pre-tokenizer name to write when the tokenizer is not recognized (e.g. llama-bpe, smollm).
+    #[arg(long)]
+    pre: Option<String>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(a: Args, json: bool) -> anyhow::Result<()> {
+    let file_type = TypeChoice::parse(&a.file_type).ok_or_else(|| {
+        let names: Vec<&str> = FileType::all().map(FileType::name).collect();
+        anyhow::anyhow!(
+            "unknown --type {:?}; supported: auto, {}",
+            a.file_type,
+            names.join(", ")
+        )
+    })?;
+    let opts = ConvertOptions {
+        file_type,
+        pre_override: a.pre.clone(),
+        force: a.force,
+        threads: a.threads,
+        imatrix: a.imatrix.clone(),
+    };
+    let bar = if json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut n_tensors = 0usize;
+    let mut done = 0usize;
+    let mut on_progress = |p: Progress<'_>| match p {
+        Progress::Start { tensors, bytes } => {
+            n_tensors = tensors;
+            bar.set_length(bytes);
+        }
+        Progress::Advance { name, bytes } => {
+            bar.set_message(format!("[{}/{}] {}", done + 1, n_tensors, name));
+            bar.inc(bytes);
+        }
+        Progress::TensorDone { .. } => done += 1,
+    };
+    let result = convert(&a.src, &a.output, &opts, &mut on_progress);
+    bar.finish_and_clear();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => return Err(lift(e)).with_context(|| format!("converting {}", a.src.display())),
+    };
+
+    if json {
+        let doc = serde_json::json!({
+            "output": report.output,
+            "file_type": report.file_type.name(),
+            "file_size": report.file_size,
+            "source_bytes": report.source_bytes,
+            "n_params": report.n_params,
+            "bits_per_weight": report.bits_per_weight(),
+            "wall_seconds": report.wall_seconds,
+            "n_fallback": report.n_fallback,
+            "tensors": report.tensors.iter().map(|(n, t, d, b)| serde_json::json!({
+                "name": n, "type": t.name(), "dims": d, "bytes": b})).collect::<Vec<_>>(),
+            "facts": report.facts.iter().map(|f| serde_json::json!({
+                "what": f.what, "gguf": f.gguf, "config": f.source})).collect::<Vec<_>>(),
+            "warnings": report.warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "wrote {} ({}, {} tensors, {:.2} GiB, {:.3} bits/weight) in {:.1} s ({:.0} MB/s of source)",
+        report.output.display(),
+        report.file_type.name(),
+        report.tensors.len(),
+        report.file_size as f64 / (1u64 << 30) as f64,
+        report.bits_per_weight(),
+        report.wall_seconds,
+        report.source_bytes as f64 / 1e6 / report.wall_seconds.max(1e-9),
+    );
+    if report.n_fallback > 0 {
+        println!(
+            "{} of {} tensors fell back to a 32-wide type (rows not a multiple of 256), as llama-quantize does",
+            report.n_fallback,
+            report.tensors.len()
+        );
+    }
+    println!();
+    println!(
+        "{:<28} {:<28} in config/tokenizer files",
+        "long-context fact", "in the GGUF"
+    );
+    for f in &report.facts {
+        println!("{:<28} {:<28} {}", f.what, f.gguf, f.source);
+    }
+    Ok(())
+}
+
+/// Put the error the exit-code classifier looks for at the top of the chain: refusals as
+/// `Refusal`, file errors as `formats::Error`.
+fn lift(e: ConvertError) -> anyhow::Error {
+    match e {
+        ConvertError::Refused(r) => anyhow::Error::new(r),
+        ConvertError::Format(f) => match f.kind {
+            ErrorKind::OutputExists => anyhow::Error::new(longquant::Refusal(format!(
+                "output {} exists; pass --force to replace it",
+                f.path.display()
+            ))),
+            ErrorKind::PickleRefused { .. } => {
+                anyhow::Error::new(longquant::Refusal(f.to_string()))
+            }
+            _ => anyhow::Error::new(f),
+        },
+        other => anyhow::Error::new(other),
+    }
 }

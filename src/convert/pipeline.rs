@@ -1,0 +1,1050 @@
+//! The one-pass conversion: plan every output tensor (name, ggml dims, type, size) and all metadata
+//! from the checkpoint, open the GGUF writer with that plan, then stream tensor by tensor: read the
+//! memory-mapped source rows, widen to f32, permute q/k, check for NaN/Inf, quantize on all cores,
+//! write. Work happens in row slices of at most [`SLICE_WEIGHTS`] weights, so peak memory is a few
+//! hundred MiB whatever the model size (an 8B model's 128256×4096 F32 embedding is 2 GiB).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use longquant_formats::gguf::{
+    Array, GgufFile, GgufWriter, Metadata, TensorSpec, Value, ValueType, WriteOptions,
+};
+use longquant_formats::safetensors::{Dtype, SafetensorsModel, StTensor};
+use longquant_formats::GgmlType;
+use longquant_quants::tensor::quantize_tensor;
+use longquant_quants::{BlockFormat, QuantError};
+use rayon::prelude::*;
+
+use super::config::{ConfigError, LlamaConfig, RopeScaling};
+use super::mix::{plan_mix, FileType, MixTensor, ModelShape};
+use super::names::{map_hf_name, permute_heads, HfName, PermuteError, Role, ROPE_FREQS};
+use super::tokenizer::{
+    add_special_key, load_vocab, special_id_key, ChatTemplate, TokenizerError, Vocab,
+};
+use crate::Refusal;
+
+/// Weights converted per slice: 16 Mi f32 = 64 MiB of f32 plus at most as much output.
+pub const SLICE_WEIGHTS: usize = 16 << 20;
+
+/// Why a conversion failed. Whatever the cause, no output file is left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// Refused for safety (output exists without `--force`, output would overwrite the input).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Reading a checkpoint file or writing the GGUF failed.
+    #[error(transparent)]
+    Format(#[from] longquant_formats::Error),
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// config.json cannot be converted.
+    #[error("{path}: {source}")]
+    Config {
+        /// config.json's path.
+        path: PathBuf,
+        /// What is wrong.
+        source: ConfigError,
+    },
+    /// Tokenizer files cannot be converted.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// A tensor the config calls for is not in the checkpoint (or its shard is missing).
+    #[error("tensor {name} is missing from the checkpoint")]
+    MissingTensor {
+        /// HF name.
+        name: String,
+    },
+    /// A tensor that is not part of a Llama checkpoint.
+    #[error("unexpected tensor {name} (not a LlamaForCausalLM weight, or a block index beyond num_hidden_layers)")]
+    UnexpectedTensor {
+        /// HF name.
+        name: String,
+    },
+    /// A tensor's shape disagrees with config.json.
+    #[error("tensor {name} has shape {found:?}, but config.json implies {expected:?}")]
+    ShapeMismatch {
+        /// HF name.
+        name: String,
+        /// From config.json (outermost first).
+        expected: Vec<u64>,
+        /// In the checkpoint.
+        found: Vec<u64>,
+    },
+    /// A tensor dtype this converter does not read.
+    #[error("tensor {name} has dtype {dtype}; supported: F32, F16, BF16")]
+    UnsupportedDtype {
+        /// HF name.
+        name: String,
+        /// Its dtype.
+        dtype: String,
+    },
+    /// NaN or infinity in a source tensor.
+    #[error("tensor {name} holds a non-finite value {value} at element {index}")]
+    NonFinite {
+        /// HF name.
+        name: String,
+        /// Flat element index in the source tensor (after the q/k permutation for q/k).
+        index: u64,
+        /// The value.
+        value: f32,
+    },
+    /// A quantization kernel refused a tensor.
+    #[error("quantizing {name}: {source}")]
+    Quant {
+        /// GGUF name.
+        name: String,
+        /// The cause.
+        source: QuantError,
+    },
+    /// The q/k permutation does not fit the tensor.
+    #[error("tensor {name}: {source}")]
+    Permute {
+        /// HF name.
+        name: String,
+        /// The cause.
+        source: PermuteError,
+    },
+    /// An option is not available.
+    #[error("{0}")]
+    NotSupported(String),
+    /// After writing, the GGUF does not carry what config.json says (a bug; the file is removed).
+    #[error("written file disagrees with config.json: {0}")]
+    Verify(String),
+}
+
+/// The requested output type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeChoice {
+    /// The source's own precision (F32, BF16 or F16), never a downcast.
+    Auto,
+    /// A llama.cpp file type.
+    Fixed(FileType),
+}
+
+impl TypeChoice {
+    /// Parse `auto` or a file type name.
+    pub fn parse(s: &str) -> Option<TypeChoice> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Some(TypeChoice::Auto);
+        }
+        FileType::from_name(s).map(TypeChoice::Fixed)
+    }
+}
+
+/// What to convert and how.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Output type.
+    pub file_type: TypeChoice,
+    /// Pre-tokenizer name to use instead of the detected one.
+    pub pre_override: Option<String>,
+    /// Replace an existing output.
+    pub force: bool,
+    /// Worker threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Importance matrix (not supported yet).
+    pub imatrix: Option<PathBuf>,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            file_type: TypeChoice::Auto,
+            pre_override: None,
+            force: false,
+            threads: None,
+            imatrix: None,
+        }
+    }
+}
+
+/// Where a planned tensor's values come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A checkpoint tensor (HF name).
+    Checkpoint(String),
+    /// Generated values (the Llama-3.1 rope factors).
+    Generated(Vec<f32>),
+}
+
+/// One tensor of the output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedTensor {
+    /// GGUF name.
+    pub name: String,
+    /// Values' origin.
+    pub source: Source,
+    /// What it is.
+    pub role: Role,
+    /// ggml dimensions (innermost first).
+    pub dims: Vec<u64>,
+    /// Output type.
+    pub ggml_type: GgmlType,
+    /// The type the mix wanted when a fallback replaced it.
+    pub fallback_from: Option<GgmlType>,
+    /// Heads for the q/k permutation (None for other tensors).
+    pub permute_heads: Option<u64>,
+    /// Bytes in the output.
+    pub n_bytes: u64,
+}
+
+/// Everything decided before the first byte is written.
+#[derive(Debug)]
+pub struct Plan {
+    /// The checkpoint folder.
+    pub src_dir: PathBuf,
+    /// Parsed config.json.
+    pub config: LlamaConfig,
+    /// Tokenizer metadata.
+    pub vocab: Vocab,
+    /// Chosen file type.
+    pub file_type: FileType,
+    /// Output tensors in write order.
+    pub tensors: Vec<PlannedTensor>,
+    /// Tensors that fell back (llama-quantize's count).
+    pub n_fallback: usize,
+    /// Parameters (elements of all tensors).
+    pub n_params: u64,
+    /// GGUF metadata.
+    pub metadata: Metadata,
+}
+
+/// Progress events for a progress bar.
+#[derive(Debug, Clone)]
+pub enum Progress<'a> {
+    /// Writing starts: tensors and source bytes to process.
+    Start {
+        /// Tensors.
+        tensors: usize,
+        /// Source bytes.
+        bytes: u64,
+    },
+    /// Some source bytes of a tensor were processed.
+    Advance {
+        /// Tensor being processed.
+        name: &'a str,
+        /// Source bytes just processed.
+        bytes: u64,
+    },
+    /// A tensor is complete.
+    TensorDone {
+        /// Its GGUF name.
+        name: &'a str,
+    },
+}
+
+/// One long-context fact, as written and as config.json says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fact {
+    /// What it is.
+    pub what: &'static str,
+    /// Read back from the written GGUF.
+    pub gguf: String,
+    /// From the checkpoint's config files.
+    pub source: String,
+}
+
+/// What a finished conversion reports.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    /// The output file.
+    pub output: PathBuf,
+    /// File type written.
+    pub file_type: FileType,
+    /// Size of the output.
+    pub file_size: u64,
+    /// Source bytes read.
+    pub source_bytes: u64,
+    /// Parameters.
+    pub n_params: u64,
+    /// (GGUF name, type, dims, bytes) per tensor.
+    pub tensors: Vec<(String, GgmlType, Vec<u64>, u64)>,
+    /// Fallbacks, as llama-quantize counts them.
+    pub n_fallback: usize,
+    /// Seconds from start to rename.
+    pub wall_seconds: f64,
+    /// Long-context facts, read back from the file beside config.json's values.
+    pub facts: Vec<Fact>,
+    /// Non-fatal warnings (F16 overflow, ...).
+    pub warnings: Vec<String>,
+}
+
+impl ConvertReport {
+    /// Bits per weight over all tensors.
+    pub fn bits_per_weight(&self) -> f64 {
+        let bytes: u64 = self.tensors.iter().map(|t| t.3).sum();
+        if self.n_params == 0 {
+            0.0
+        } else {
+            bytes as f64 * 8.0 / self.n_params as f64
+        }
+    }
+}
+
+fn block_format(t: GgmlType) -> Option<BlockFormat> {
+    Some(match t {
+        GgmlType::F32 => BlockFormat::F32,
+        GgmlType::F16 => BlockFormat::F16,
+        GgmlType::BF16 => BlockFormat::BF16,
+        GgmlType::Q4_0 => BlockFormat::Q4_0,
+        GgmlType::Q4_1 => BlockFormat::Q4_1,
+        GgmlType::Q5_0 => BlockFormat::Q5_0,
+        GgmlType::Q5_1 => BlockFormat::Q5_1,
+        GgmlType::Q8_0 => BlockFormat::Q8_0,
+        GgmlType::Q4_K => BlockFormat::Q4_K,
+        GgmlType::Q5_K => BlockFormat::Q5_K,
+        GgmlType::Q6_K => BlockFormat::Q6_K,
+        _ => return None,
+    })
+}
+
+/// The shape (outermost first) config.json implies for a role.
+fn expected_shape(c: &LlamaConfig, role: Role) -> Vec<u64> {
+    let q = c.n_head * c.head_dim;
+    let kv = c.n_head_kv * c.head_dim;
+    match role {
+        Role::TokenEmbd | Role::Output => vec![c.vocab_size, c.hidden_size],
+        Role::OutputNorm | Role::AttnNorm | Role::FfnNorm => vec![c.hidden_size],
+        Role::RopeFreqs => vec![c.head_dim / 2],
+        Role::AttnQ => vec![q, c.hidden_size],
+        Role::AttnK | Role::AttnV => vec![kv, c.hidden_size],
+        Role::AttnOutput => vec![c.hidden_size, q],
+        Role::FfnGate | Role::FfnUp => vec![c.intermediate_size, c.hidden_size],
+        Role::FfnDown => vec![c.hidden_size, c.intermediate_size],
+    }
+}
+
+/// `gguf.size_label` for a dense model: parameters with two significant digits and a K/M/B/T suffix.
+pub fn size_label(n: u64) -> String {
+    let n = n as f64;
+    let (scaled, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
+    };
+    let int_digits = format!("{}", scaled.round() as u64)
+        .trim_start_matches('0')
+        .len();
+    let fix = 2usize.saturating_sub(int_digits);
+    format!("{scaled:.fix$}{suffix}")
+}
+
+fn str_array(v: &[String]) -> Value {
+    Value::Array(Array::new(
+        ValueType::String,
+        v.iter().map(|s| Value::String(s.clone())).collect(),
+    ))
+}
+
+/// Build the plan: validate the checkpoint against config.json, choose every tensor's type, and
+/// assemble the metadata convert_hf_to_gguf.py (then llama-quantize) would write.
+pub fn plan(
+    src_dir: &Path,
+    st: &SafetensorsModel,
+    opts: &ConvertOptions,
+) -> Result<Plan, ConvertError> {
+    let cfg_path = src_dir.join("config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|source| ConvertError::Io {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let config = LlamaConfig::from_json_str(&cfg_text).map_err(|source| ConvertError::Config {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    if opts.imatrix.is_some() {
+        return Err(ConvertError::NotSupported(
+            "--imatrix is not yet supported by convert".into(),
+        ));
+    }
+
+    // Map and check every checkpoint tensor.
+    let mut mapped: Vec<(&StTensor, String, Role)> = Vec::new();
+    for t in st.tensors() {
+        match map_hf_name(&t.name, config.n_layer) {
+            HfName::Skip => continue,
+            HfName::Unknown => {
+                return Err(ConvertError::UnexpectedTensor {
+                    name: t.name.clone(),
+                })
+            }
+            HfName::Tensor(m) => {
+                if !matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+                    return Err(ConvertError::UnsupportedDtype {
+                        name: t.name.clone(),
+                        dtype: t.dtype.to_string(),
+                    });
+                }
+                let expected = expected_shape(&config, m.role);
+                if t.shape != expected {
+                    return Err(ConvertError::ShapeMismatch {
+                        name: t.name.clone(),
+                        expected,
+                        found: t.shape.clone(),
+                    });
+                }
+                mapped.push((t, m.gguf, m.role));
+            }
+        }
+    }
+    // Every tensor the config calls for must be there.
+    let mut required: Vec<String> = vec![
+        "model.embed_tokens.weight".into(),
+        "model.norm.weight".into(),
+    ];
+    if !config.tie_word_embeddings {
+        required.push("lm_head.weight".into());
+    }
+    for l in 0..config.n_layer {
+        for s in [
+            "input_layernorm",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "post_attention_layernorm",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ] {
+            required.push(format!("model.layers.{l}.{s}.weight"));
+        }
+    }
+    for name in required {
+        if st.get(&name).is_none() {
+            return Err(ConvertError::MissingTensor { name });
+        }
+    }
+
+    // Output type.
+    let file_type = match opts.file_type {
+        TypeChoice::Fixed(f) => f,
+        TypeChoice::Auto => {
+            let dtypes: Vec<&Dtype> = mapped
+                .iter()
+                .filter(|(t, _, _)| t.shape.len() >= 2)
+                .map(|(t, _, _)| &t.dtype)
+                .collect();
+            if dtypes.iter().any(|d| **d == Dtype::F32)
+                || (dtypes.contains(&&Dtype::BF16) && dtypes.contains(&&Dtype::F16))
+            {
+                FileType::F32
+            } else if dtypes.contains(&&Dtype::BF16) {
+                FileType::BF16
+            } else {
+                FileType::F16
+            }
+        }
+    };
+
+    // Write order: generated rope factors first, then the checkpoint in file order (shard, offset)
+    // so that reading an over-RAM checkpoint streams through each shard once.
+    mapped.sort_by_key(|(t, _, _)| (t.shard, t.data_offsets[0]));
+    let mut tensors: Vec<PlannedTensor> = Vec::new();
+    if let Some(freqs) = config.rope_freqs() {
+        tensors.push(PlannedTensor {
+            name: ROPE_FREQS.into(),
+            dims: vec![freqs.len() as u64],
+            source: Source::Generated(freqs),
+            role: Role::RopeFreqs,
+            ggml_type: GgmlType::F32,
+            fallback_from: None,
+            permute_heads: None,
+            n_bytes: 0,
+        });
+    }
+    for (t, gguf, role) in &mapped {
+        let permute = match role {
+            Role::AttnQ => Some(config.n_head),
+            Role::AttnK => Some(config.n_head_kv),
+            _ => None,
+        };
+        tensors.push(PlannedTensor {
+            name: gguf.clone(),
+            source: Source::Checkpoint(t.name.clone()),
+            role: *role,
+            // The one place dimension order is reversed: safetensors outermost-first → ggml innermost-first.
+            dims: t.shape.iter().rev().copied().collect(),
+            ggml_type: GgmlType::F32,
+            fallback_from: None,
+            permute_heads: permute,
+            n_bytes: 0,
+        });
+    }
+    let mix_in: Vec<MixTensor> = tensors
+        .iter()
+        .map(|t| MixTensor {
+            name: t.name.clone(),
+            ne: t.dims.clone(),
+        })
+        .collect();
+    let shape = ModelShape {
+        n_layer: config.n_layer,
+        n_head: config.n_head,
+        n_head_kv: config.n_head_kv,
+    };
+    let mix = plan_mix(file_type, &mix_in, shape, false);
+    let mut n_params = 0u64;
+    for (t, c) in tensors.iter_mut().zip(&mix.choices) {
+        t.ggml_type = c.ggml_type;
+        t.fallback_from = c.fallback_from;
+        let n: u64 = t.dims.iter().product();
+        n_params += n;
+        let rows: u64 = t.dims.iter().skip(1).product();
+        t.n_bytes = c
+            .ggml_type
+            .row_size(t.dims.first().copied().unwrap_or(0))
+            .and_then(|r| r.checked_mul(rows))
+            .unwrap_or(u64::MAX);
+    }
+
+    let vocab = load_vocab(src_dir, &config, opts.pre_override.as_deref())?;
+    let metadata = build_metadata(src_dir, &config, &vocab, file_type, n_params);
+    Ok(Plan {
+        src_dir: src_dir.to_path_buf(),
+        config,
+        vocab,
+        file_type,
+        tensors,
+        n_fallback: mix.n_fallback,
+        n_params,
+        metadata,
+    })
+}
+
+/// The metadata, in the order convert_hf_to_gguf.py adds it.
+fn build_metadata(
+    src_dir: &Path,
+    c: &LlamaConfig,
+    v: &Vocab,
+    ftype: FileType,
+    n_params: u64,
+) -> Metadata {
+    let mut m = Metadata::new();
+    let arch = "llama";
+    let k = |s: &str| format!("{arch}.{s}");
+    m.insert("general.architecture", arch);
+    m.insert("general.type", "model");
+    let name = src_dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    m.insert("general.name", name);
+    m.insert("general.size_label", size_label(n_params));
+    m.insert(k("block_count"), c.n_layer as u32);
+    if let Some(ctx) = c.context_length {
+        m.insert(k("context_length"), ctx as u32);
+    }
+    m.insert(k("embedding_length"), c.hidden_size as u32);
+    m.insert(k("feed_forward_length"), c.intermediate_size as u32);
+    m.insert(k("attention.head_count"), c.n_head as u32);
+    m.insert(k("attention.head_count_kv"), c.n_head_kv as u32);
+    match c.rope_scaling {
+        RopeScaling::None | RopeScaling::Llama3 { .. } => {}
+        RopeScaling::Linear { factor } => {
+            m.insert(k("rope.scaling.type"), "linear");
+            m.insert(k("rope.scaling.factor"), factor as f32);
+        }
+        RopeScaling::Yarn {
+            factor,
+            original_context_length,
+            ext_factor,
+            attn_factor,
+            beta_fast,
+            beta_slow,
+        } => {
+            m.insert(k("rope.scaling.type"), "yarn");
+            m.insert(k("rope.scaling.factor"), factor as f32);
+            m.insert(
+                k("rope.scaling.original_context_length"),
+                original_context_length as u32,
+            );
+            for (key, val) in [
+                ("rope.scaling.yarn_ext_factor", ext_factor),
+                ("rope.scaling.yarn_attn_factor", attn_factor),
+                ("rope.scaling.yarn_beta_fast", beta_fast),
+                ("rope.scaling.yarn_beta_slow", beta_slow),
+            ] {
+                if let Some(x) = val {
+                    m.insert(k(key), x as f32);
+                }
+            }
+        }
+    }
+    if let Some(theta) = c.rope_theta {
+        m.insert(k("rope.freq_base"), theta as f32);
+    }
+    m.insert(k("attention.layer_norm_rms_epsilon"), c.rms_norm_eps as f32);
+    if c.head_dim_explicit {
+        m.insert(k("attention.key_length"), c.head_dim as u32);
+        m.insert(k("attention.value_length"), c.head_dim as u32);
+    }
+    m.insert("general.file_type", ftype.llama_ftype());
+    m.insert(k("vocab_size"), c.vocab_size as u32);
+    m.insert(k("rope.dimension_count"), c.head_dim as u32);
+    m.insert("general.quantization_version", 2u32);
+
+    if let Some(b) = v.add_space_prefix {
+        m.insert("tokenizer.ggml.add_space_prefix", b);
+    }
+    m.insert("tokenizer.ggml.model", "gpt2");
+    m.insert("tokenizer.ggml.pre", v.pre.clone());
+    m.insert("tokenizer.ggml.tokens", str_array(&v.tokens));
+    m.insert(
+        "tokenizer.ggml.token_type",
+        Value::Array(Array::new(
+            ValueType::I32,
+            v.token_types.iter().map(|&t| Value::I32(t)).collect(),
+        )),
+    );
+    if !v.merges.is_empty() {
+        m.insert("tokenizer.ggml.merges", str_array(&v.merges));
+    }
+    for (kind, id) in &v.special_ids {
+        if let Some(key) = special_id_key(kind) {
+            m.insert(key, *id);
+        }
+    }
+    for (kind, b) in &v.add_special {
+        if let Some(key) = add_special_key(kind) {
+            m.insert(key, *b);
+        }
+    }
+    match &v.chat_template {
+        Some(ChatTemplate::Single(t)) => {
+            m.insert("tokenizer.chat_template", t.clone());
+        }
+        Some(ChatTemplate::Named { default, others }) => {
+            for (n, t) in others {
+                m.insert(format!("tokenizer.chat_template.{n}"), t.clone());
+            }
+            if !others.is_empty() {
+                let names: Vec<String> = others.iter().map(|(n, _)| n.clone()).collect();
+                m.insert("tokenizer.chat_templates", str_array(&names));
+            }
+            if let Some(t) = default {
+                m.insert("tokenizer.chat_template", t.clone());
+            }
+        }
+        None => {}
+    }
+    if let Some(b) = v.normalizer_lowercase {
+        m.insert("tokenizer.ggml.normalizer.lowercase", b);
+    }
+    if let Some(b) = v.normalizer_strip_accents {
+        m.insert("tokenizer.ggml.normalizer.strip_accents", b);
+    }
+    m
+}
+
+/// Refuse to overwrite the input or (without `force`) an existing output.
+fn check_output(
+    out: &Path,
+    src_dir: &Path,
+    st: &SafetensorsModel,
+    force: bool,
+) -> Result<(), Refusal> {
+    if let Ok(out_c) = out.canonicalize() {
+        let mut inputs: Vec<PathBuf> = st.shard_paths().to_vec();
+        for f in [
+            "config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "model.safetensors.index.json",
+        ] {
+            inputs.push(src_dir.join(f));
+        }
+        if inputs
+            .iter()
+            .any(|p| p.canonicalize().is_ok_and(|p| p == out_c))
+        {
+            return Err(Refusal(format!(
+                "output {} is one of the input files",
+                out.display()
+            )));
+        }
+        if out_c.is_dir() {
+            return Err(Refusal(format!("output {} is a directory", out.display())));
+        }
+        if !force {
+            return Err(Refusal(format!(
+                "output {} exists; pass --force to replace it",
+                out.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Decode little-endian source elements into f32.
+fn widen(dtype: &Dtype, src: &[u8], dst: &mut [f32]) {
+    match dtype {
+        Dtype::F32 => dst
+            .par_iter_mut()
+            .zip(src.par_chunks_exact(4))
+            .for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::F16 => dst
+            .par_iter_mut()
+            .zip(src.par_chunks_exact(2))
+            .for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        // BF16 is the top half of an f32: widening is exact.
+        _ => dst
+            .par_iter_mut()
+            .zip(src.par_chunks_exact(2))
+            .for_each(|(d, b)| {
+                *d = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+            }),
+    }
+}
+
+/// Convert the checkpoint in `src` (a folder) to `out`. `progress` receives events for a bar.
+pub fn convert(
+    src: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
+) -> Result<ConvertReport, ConvertError> {
+    let run =
+        |progress: &mut (dyn FnMut(Progress<'_>) + Send)| convert_inner(src, out, opts, progress);
+    match opts.threads {
+        Some(n) if n > 0 => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| {
+                    ConvertError::NotSupported(format!("cannot start {n} threads: {e}"))
+                })?;
+            pool.install(|| run(progress))
+        }
+        _ => run(progress),
+    }
+}
+
+fn convert_inner(
+    src: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
+) -> Result<ConvertReport, ConvertError> {
+    let start = Instant::now();
+    let src_dir = if src.is_dir() {
+        src.to_path_buf()
+    } else {
+        src.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    let st = SafetensorsModel::open(src)?;
+    check_output(out, &src_dir, &st, opts.force)?;
+    let plan = plan(&src_dir, &st, opts)?;
+
+    let specs: Vec<TensorSpec> = plan
+        .tensors
+        .iter()
+        .map(|t| TensorSpec::new(t.name.clone(), t.dims.clone(), t.ggml_type))
+        .collect();
+    let mut writer = GgufWriter::create(
+        out,
+        &plan.metadata,
+        specs,
+        WriteOptions {
+            overwrite: opts.force,
+        },
+    )?;
+    let source_bytes: u64 = plan
+        .tensors
+        .iter()
+        .map(|t| match &t.source {
+            Source::Checkpoint(n) => st.get(n).map_or(0, StTensor::n_bytes),
+            Source::Generated(v) => v.len() as u64 * 4,
+        })
+        .sum();
+    progress(Progress::Start {
+        tensors: plan.tensors.len(),
+        bytes: source_bytes,
+    });
+
+    let mut warnings = Vec::new();
+    let mut f32_buf: Vec<f32> = Vec::new();
+    let mut perm_buf: Vec<f32> = Vec::new();
+    let mut out_buf: Vec<u8> = Vec::new();
+    for t in &plan.tensors {
+        let fmt = block_format(t.ggml_type).ok_or_else(|| {
+            ConvertError::NotSupported(format!("tensor type {} for {}", t.ggml_type.name(), t.name))
+        })?;
+        let row_len = t.dims.first().copied().unwrap_or(1) as usize;
+        let n_rows: usize = t.dims.iter().skip(1).product::<u64>() as usize;
+        let (hf_name, bytes, dtype, elem) = match &t.source {
+            Source::Checkpoint(n) => {
+                let s = st
+                    .get(n)
+                    .ok_or_else(|| ConvertError::MissingTensor { name: n.clone() })?;
+                let b = st.data(s);
+                let elem = s.dtype.size_bytes() as usize;
+                if b.len() != n_rows * row_len * elem {
+                    return Err(ConvertError::MissingTensor { name: n.clone() });
+                }
+                (n.clone(), b, s.dtype.clone(), elem)
+            }
+            Source::Generated(_) => (t.name.clone(), &[][..], Dtype::F32, 4),
+        };
+        // Rows per slice: a whole number of heads for permuted tensors.
+        let unit = match t.permute_heads {
+            Some(h) => super::names::rows_per_head(n_rows as u64, h).map_err(|source| {
+                ConvertError::Permute {
+                    name: hf_name.clone(),
+                    source,
+                }
+            })? as usize,
+            None => 1,
+        };
+        let rows_per_slice = ((SLICE_WEIGHTS / row_len.max(1)) / unit).max(1) * unit;
+        let mut f16_overflow = 0usize;
+        let mut row0 = 0usize;
+        while row0 < n_rows.max(1) {
+            let rows = rows_per_slice.min(n_rows.max(1) - row0);
+            let n = rows * row_len;
+            f32_buf.resize(n, 0.0);
+            match &t.source {
+                Source::Generated(v) => f32_buf.copy_from_slice(v),
+                Source::Checkpoint(_) => {
+                    let b = bytes
+                        .get(row0 * row_len * elem..(row0 + rows) * row_len * elem)
+                        .unwrap_or(&[]);
+                    widen(&dtype, b, &mut f32_buf);
+                }
+            }
+            let values: &[f32] = if t.permute_heads.is_some() {
+                perm_buf.resize(n, 0.0);
+                permute_heads(&f32_buf, &mut perm_buf, row_len, unit).map_err(|source| {
+                    ConvertError::Permute {
+                        name: hf_name.clone(),
+                        source,
+                    }
+                })?;
+                &perm_buf
+            } else {
+                &f32_buf
+            };
+            if t.ggml_type == GgmlType::F16 {
+                f16_overflow += values
+                    .par_iter()
+                    .filter(|x| x.abs() > 65504.0 && x.is_finite())
+                    .count();
+            }
+            let out_len = fmt.row_size(row_len).ok_or_else(|| {
+                ConvertError::NotSupported(format!("{}: row length {row_len} for {fmt:?}", t.name))
+            })? * rows;
+            out_buf.resize(out_len, 0);
+            quantize_tensor(fmt, values, row_len, None, &mut out_buf).map_err(|e| match e {
+                QuantError::NonFinite { index, value } => ConvertError::NonFinite {
+                    name: hf_name.clone(),
+                    index: (row0 * row_len + index) as u64,
+                    value,
+                },
+                source => ConvertError::Quant {
+                    name: t.name.clone(),
+                    source,
+                },
+            })?;
+            writer.write_tensor_data(&out_buf)?;
+            progress(Progress::Advance {
+                name: &t.name,
+                bytes: (n * elem) as u64,
+            });
+            row0 += rows;
+        }
+        if f16_overflow > 0 {
+            warnings.push(format!(
+                "{}: {f16_overflow} values exceed F16's range (65504) and became infinite; consider --type BF16 or F32",
+                hf_name
+            ));
+        }
+        progress(Progress::TensorDone { name: &t.name });
+        // Reading an over-RAM checkpoint: drop our scratch between big tensors (peak stays one slice).
+        if f32_buf.capacity() > SLICE_WEIGHTS {
+            f32_buf = Vec::new();
+        }
+    }
+    let file_size = writer.finish()?;
+    let wall_seconds = start.elapsed().as_secs_f64();
+
+    let facts = match verify_facts(out, &plan) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = std::fs::remove_file(out);
+            return Err(e);
+        }
+    };
+    Ok(ConvertReport {
+        output: out.to_path_buf(),
+        file_type: plan.file_type,
+        file_size,
+        source_bytes,
+        n_params: plan.n_params,
+        tensors: plan
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.ggml_type, t.dims.clone(), t.n_bytes))
+            .collect(),
+        n_fallback: plan.n_fallback,
+        wall_seconds,
+        facts,
+        warnings,
+    })
+}
+
+fn show(v: Option<&Value>) -> String {
+    match v {
+        None => "(absent)".into(),
+        Some(Value::String(s)) => s.escape_debug().to_string(),
+        Some(Value::F32(x)) => format!("{x}"),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(other) => other
+            .as_u64()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| format!("{other:?}")),
+    }
+}
+
+/// Read the written file back and set what carries long-context ability beside config.json.
+/// A disagreement is an error: the file would silently lose its long-context behaviour.
+pub fn verify_facts(out: &Path, plan: &Plan) -> Result<Vec<Fact>, ConvertError> {
+    let f = GgufFile::open(out)?;
+    let md = f.metadata();
+    let c = &plan.config;
+    let opt = |x: Option<u64>| x.map_or("(absent)".to_string(), |v| v.to_string());
+    let scaling = match c.rope_scaling {
+        RopeScaling::None => "none".to_string(),
+        RopeScaling::Linear { factor } => format!("linear ×{factor}"),
+        RopeScaling::Yarn {
+            factor,
+            original_context_length,
+            ..
+        } => format!("yarn ×{factor} from {original_context_length}"),
+        RopeScaling::Llama3 {
+            factor,
+            original_context_length,
+            ..
+        } => format!("llama3 ×{factor} from {original_context_length}"),
+    };
+    let gguf_scaling = match (md.get("llama.rope.scaling.type"), f.tensor(ROPE_FREQS)) {
+        (Some(Value::String(t)), _) => format!(
+            "{t} ×{}{}",
+            show(md.get("llama.rope.scaling.factor")),
+            md.get("llama.rope.scaling.original_context_length")
+                .map(|v| format!(" from {}", show(Some(v))))
+                .unwrap_or_default()
+        ),
+        (_, Some(_)) => scaling.clone(),
+        _ => "none".to_string(),
+    };
+    let gen_eos = super::tokenizer::read_generation_eos(&plan.src_dir).unwrap_or_default();
+    let facts = vec![
+        Fact {
+            what: "context length",
+            gguf: show(md.get("llama.context_length")),
+            source: opt(c.context_length),
+        },
+        Fact {
+            what: "rope theta",
+            gguf: show(md.get("llama.rope.freq_base")),
+            source: c
+                .rope_theta
+                .map_or("(absent)".into(), |t| format!("{}", t as f32)),
+        },
+        Fact {
+            what: "rope scaling",
+            gguf: gguf_scaling,
+            source: scaling,
+        },
+        Fact {
+            what: "attention heads",
+            gguf: show(md.get("llama.attention.head_count")),
+            source: c.n_head.to_string(),
+        },
+        Fact {
+            what: "KV heads",
+            gguf: show(md.get("llama.attention.head_count_kv")),
+            source: c.n_head_kv.to_string(),
+        },
+        Fact {
+            what: "rope dimensions",
+            gguf: show(md.get("llama.rope.dimension_count")),
+            source: c.head_dim.to_string(),
+        },
+        Fact {
+            what: "pre-tokenizer",
+            gguf: show(md.get("tokenizer.ggml.pre")),
+            source: plan.vocab.pre.clone(),
+        },
+        Fact {
+            what: "bos id",
+            gguf: show(md.get("tokenizer.ggml.bos_token_id")),
+            source: opt(plan.vocab.special_id("bos").map(u64::from)),
+        },
+        Fact {
+            what: "eos id",
+            gguf: show(md.get("tokenizer.ggml.eos_token_id")),
+            source: opt(plan.vocab.special_id("eos").map(u64::from)),
+        },
+        Fact {
+            what: "add bos",
+            gguf: show(md.get("tokenizer.ggml.add_bos_token")),
+            source: plan
+                .vocab
+                .add_special("bos")
+                .map_or("(absent)".into(), |b| b.to_string()),
+        },
+    ];
+    if let Some(bad) = facts.iter().find(|f| f.gguf != f.source) {
+        return Err(ConvertError::Verify(format!(
+            "{}: file has {}, config has {}",
+            bad.what, bad.gguf, bad.source
+        )));
+    }
+    let mut facts = facts;
+    if !gen_eos.is_empty() {
+        facts.push(Fact {
+            what: "generation_config eos ids",
+            gguf: show(md.get("tokenizer.ggml.eos_token_id")),
+            source: format!("{gen_eos:?}"),
+        });
+    }
+    Ok(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_labels_like_gguf_py() {
+        assert_eq!(size_label(8_030_261_248), "8.0B");
+        assert_eq!(size_label(25_182_464), "25M");
+        assert_eq!(size_label(134_515_008), "135M");
+        assert_eq!(size_label(1_500_000), "1.5M");
+    }
+
+    #[test]
+    fn type_choice() {
+        assert_eq!(TypeChoice::parse("auto"), Some(TypeChoice::Auto));
+        assert_eq!(
+            TypeChoice::parse("q4_k_m"),
+            Some(TypeChoice::Fixed(FileType::Q4_K_M))
+        );
+        assert_eq!(TypeChoice::parse("q3_k"), None);
+    }
+}
