@@ -11,7 +11,7 @@
 //! - `vec_dot_*` entries may reorder the f32 accumulation (lanes, FMA) and so differ from the
 //!   reference by rounding only.
 //!
-//! Adding a table (as `avx2.rs` will): build a `pub(crate) static KERNELS: Kernels` from
+//! Adding a table (as `avx2.rs` does): build a `pub(crate) static KERNELS: Kernels` from
 //! [`scalar::SCALAR`] with struct-update syntax, wrap each `#[target_feature]` function in a safe
 //! `fn` whose `// SAFETY:` line points at the run-time detection here, and return the table from
 //! a detection function listed in [`available`], best first.
@@ -32,6 +32,8 @@ use crate::block::q6_k::BlockQ6K;
 use crate::block::q8_0::BlockQ8_0;
 use crate::block::q8_k::BlockQ8K;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod scalar;
 
 /// Environment variable that, when set to `1`, makes [`kernels`] return the scalar table.
@@ -191,8 +193,7 @@ fn x86_64_avx2() -> Option<&'static Kernels> {
     if !supported {
         return None;
     }
-    // `simd/avx2.rs` plugs in here: `Some(&avx2::KERNELS)`.
-    None
+    Some(&avx2::KERNELS)
 }
 
 #[cfg(test)]
