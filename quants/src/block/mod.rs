@@ -56,7 +56,9 @@ pub fn cast_blocks_mut<T: Block>(bytes: &mut [u8]) -> Option<&mut [T]> {
 /// View blocks as their encoded bytes.
 pub fn blocks_as_bytes<T: Block>(blocks: &[T]) -> &[u8] {
     // SAFETY: `Block` types have no padding, so every byte is initialised.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+    }
 }
 
 /// ggml's `nearest_int`: round to nearest, ties to even, via the 1.5·2^23 trick.
@@ -101,8 +103,18 @@ pub enum BlockFormat {
 impl BlockFormat {
     /// Every format, in ggml type-id order.
     pub const ALL: [BlockFormat; 12] = [
-        Self::F32, Self::F16, Self::Q4_0, Self::Q4_1, Self::Q5_0, Self::Q5_1, Self::Q8_0,
-        Self::Q8_K, Self::Q4_K, Self::Q5_K, Self::Q6_K, Self::BF16,
+        Self::F32,
+        Self::F16,
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q8_K,
+        Self::Q4_K,
+        Self::Q5_K,
+        Self::Q6_K,
+        Self::BF16,
     ];
 
     /// Weights per block.
