@@ -6,6 +6,8 @@ use std::process::ExitCode;
 mod convert;
 mod export_hf;
 mod inspect;
+mod logits;
+mod perplexity;
 
 /// Convert Hugging Face Llama checkpoints to GGUF, quantize them, and prove the result is still good.
 #[derive(Parser)]
@@ -27,6 +29,10 @@ enum Command {
     /// Export a llama GGUF to a Hugging Face folder (safetensors, config, tokenizer).
     #[command(name = "export-hf")]
     ExportHf(export_hf::Args),
+    /// Perplexity of a GGUF model on a text, with llama.cpp's method.
+    Perplexity(perplexity::Args),
+    /// Logits of the embedded forward pass for a prompt (top-k per position; --json adds the last position's logits).
+    Logits(logits::Args),
 }
 
 /// Exit codes: distinct for bad input, I/O failure and refusals for safety, so scripts can tell them apart.
@@ -44,6 +50,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a, cli.json),
         Command::Convert(a) => convert::run(a, cli.json),
+        Command::Perplexity(a) => perplexity::run(a, cli.json),
+        Command::Logits(a) => logits::run(a, cli.json),
         Command::ExportHf(a) => export_hf::run(a, cli.json),
     };
     match result {

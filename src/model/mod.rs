@@ -1,1 +1,13 @@
-//! Llama forward pass (to be written).
+//! The embedded Llama forward pass: hyperparameters from GGUF metadata ([`config`]), tensors
+//! borrowed from the memory map in their stored type ([`weights`]), and batched evaluation of a
+//! token chunk ([`forward`]) with llama.cpp's numerics.
+pub mod config;
+mod error;
+pub mod forward;
+mod kernels;
+pub mod weights;
+
+pub use config::LlamaConfig;
+pub use error::ModelError;
+pub use forward::{EvalOptions, KvType, Model};
+pub use weights::DequantizedTensors;

@@ -1,0 +1,421 @@
+//! Batched evaluation of one token chunk, layer by layer, in memory O(n·d).
+//!
+//! The whole chunk goes through layer 0, then layer 1, ... (rather than token by token), so
+//! each weight matrix is streamed once per token tile and only one layer's K/V exist at a time.
+//! Live buffers: the residual stream and the queries (n × n_embd f32 each), one layer's K and V
+//! (n × n_embd_kv each, F16 or F32), and per-tile temporaries; attention is computed block by
+//! block with an online softmax and never forms the n × n score matrix.
+//!
+//! Numerics follow llama.cpp's CPU graph for `LLM_ARCH_LLAMA` where it matters for agreement:
+//! RMSNorm sums squares in f64 and scales in f32 before the gain (ggml_rms_norm then ggml_mul);
+//! RoPE angles come from the same running f32 product `θ·base^(-2/n_rot)` as ggml's rope cache;
+//! with an F16 KV cache, K and V are rounded to f16 and everything else stays f32, as in ggml's
+//! tiled flash-attention kernel (`ggml_compute_forward_flash_attn_ext_tiled`, which
+//! llama-perplexity uses on x86 for batches of at least `GGML_FA_TILE_Q` queries).
+use super::kernels::{dot_f32, ActCache};
+use super::weights::{DequantizedTensors, Weights};
+use super::{LlamaConfig, ModelError};
+use half::f16;
+use longquant_formats::gguf::GgufFile;
+use rayon::prelude::*;
+
+/// How K and V are kept during attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// IEEE half, like llama.cpp's default KV cache (`-ctk f16 -ctv f16`); needed to match its numbers.
+    #[default]
+    F16,
+    /// Full precision.
+    F32,
+}
+
+/// Options for [`Model::eval`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EvalOptions {
+    /// K/V storage type.
+    pub kv_type: KvType,
+}
+
+/// Tokens per tile for the projections and the FFN (bounds the FFN temporaries to
+/// `TOKEN_TILE × n_ff` while keeping each weight block reused across many tokens).
+const TOKEN_TILE: usize = 512;
+/// Positions per output-head tile (bounds the logits buffer to `LOGIT_TILE × n_vocab`).
+const LOGIT_TILE: usize = 32;
+/// Query rows per attention task.
+const BQ: usize = 32;
+/// Keys per attention block.
+const BK: usize = 64;
+
+/// A Llama model ready to run: hyperparameters plus weights borrowed from the GGUF map.
+#[derive(Debug)]
+pub struct Model<'a> {
+    /// Hyperparameters.
+    pub config: LlamaConfig,
+    /// Tensors.
+    pub weights: Weights<'a>,
+}
+
+enum KvBuf {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl KvBuf {
+    fn new(t: KvType, len: usize) -> Self {
+        match t {
+            KvType::F16 => KvBuf::F16(vec![f16::ZERO; len]),
+            KvType::F32 => KvBuf::F32(vec![0.0; len]),
+        }
+    }
+
+    /// Stores `src` starting at element `at`.
+    fn store(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvBuf::F16(b) => b[at..at + src.len()]
+                .par_chunks_mut(4096)
+                .zip(src.par_chunks(4096))
+                .for_each(|(d, s)| {
+                    for (d, &s) in d.iter_mut().zip(s) {
+                        *d = f16::from_f32(s);
+                    }
+                }),
+            KvBuf::F32(b) => b[at..at + src.len()].copy_from_slice(src),
+        }
+    }
+
+    /// Copies `n` elements starting at `at` into `dst` as f32.
+    #[inline]
+    fn load(&self, at: usize, dst: &mut [f32]) {
+        match self {
+            KvBuf::F16(b) => {
+                let n = dst.len();
+                for (d, s) in dst.iter_mut().zip(&b[at..at + n]) {
+                    *d = s.to_f32();
+                }
+            }
+            KvBuf::F32(b) => dst.copy_from_slice(&b[at..at + dst.len()]),
+        }
+    }
+}
+
+/// RMSNorm of each `d`-wide row of `x` into `y`, times `gain`.
+fn rms_norm(x: &[f32], gain: &[f32], eps: f32, y: &mut [f32]) {
+    let d = gain.len();
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+        let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / d as f64) as f32;
+        let scale = 1.0f32 / (mean + eps).sqrt();
+        for ((y, &x), &g) in y.iter_mut().zip(x).zip(gain) {
+            *y = (x * scale) * g;
+        }
+    });
+}
+
+impl<'a> Model<'a> {
+    /// Reads the hyperparameters and borrows the tensors of an open GGUF file.
+    pub fn load(file: &'a GgufFile) -> Result<Self, ModelError> {
+        Self::load_with(file, None)
+    }
+
+    /// Like [`Model::load`], with the matrices taken from a dequantized copy of the file.
+    pub fn load_dequantized(
+        file: &'a GgufFile,
+        f32s: &'a DequantizedTensors,
+    ) -> Result<Self, ModelError> {
+        Self::load_with(file, Some(f32s))
+    }
+
+    fn load_with(
+        file: &'a GgufFile,
+        f32s: Option<&'a DequantizedTensors>,
+    ) -> Result<Self, ModelError> {
+        let embd = file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?;
+        let n_vocab = match embd.dims.as_slice() {
+            [_, v] => usize::try_from(*v)
+                .map_err(|_| ModelError::InvalidConfig("vocabulary too large".into()))?,
+            _ => {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: embd.name.clone(),
+                    expected: vec![0, 0],
+                    got: embd.dims.clone(),
+                })
+            }
+        };
+        let config = LlamaConfig::from_metadata(file.metadata(), n_vocab)?;
+        if let Some(v) = file
+            .metadata()
+            .get("llama.vocab_size")
+            .and_then(|v| v.as_u64())
+        {
+            if v as usize != n_vocab {
+                return Err(ModelError::ShapeMismatch {
+                    tensor: embd.name.clone(),
+                    expected: vec![config.n_embd as u64, v],
+                    got: embd.dims.clone(),
+                });
+            }
+        }
+        let weights = Weights::load(file, &config, f32s)?;
+        Ok(Self { config, weights })
+    }
+
+    /// Evaluates `tokens` as one sequence at positions `0..n` from an empty state, then calls
+    /// `on_logits(pos, logits)` in order for every position `pos >= logits_from` with that
+    /// position's `n_vocab` logits (predicting token `pos + 1`). Logits are produced a few
+    /// positions at a time and not kept.
+    pub fn eval(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        opts: &EvalOptions,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::EmptyInput);
+        }
+        if n > cfg.context_length {
+            return Err(ModelError::ContextTooLong {
+                requested: n,
+                max: cfg.context_length,
+            });
+        }
+        for (pos, &id) in tokens.iter().enumerate() {
+            if id as usize >= cfg.n_vocab {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    pos,
+                    n_vocab: cfg.n_vocab,
+                });
+            }
+        }
+        let d = cfg.n_embd;
+        let dkv = cfg.n_embd_kv();
+        let w = &self.weights;
+
+        // Embedding lookup.
+        let mut x = vec![0.0f32; n * d];
+        x.par_chunks_mut(d)
+            .zip(tokens.par_iter())
+            .for_each(|(row, &id)| {
+                w.token_embd.dequantize_row(id as usize, row);
+            });
+
+        let rope = RopeTable::new(cfg, w.rope_freqs.as_deref(), n);
+        let mut q = vec![0.0f32; n * d];
+        let mut kbuf = KvBuf::new(opts.kv_type, n * dkv);
+        let mut vbuf = KvBuf::new(opts.kv_type, n * dkv);
+        let tile = TOKEN_TILE.min(n);
+        let mut xn = vec![0.0f32; tile * d];
+        let mut kt = vec![0.0f32; tile * dkv];
+        let mut vt = vec![0.0f32; tile * dkv];
+        let mut o = vec![0.0f32; tile * d];
+        let mut g = vec![0.0f32; tile * cfg.n_ff];
+        let mut u = vec![0.0f32; tile * cfg.n_ff];
+
+        for lw in &w.layers {
+            // Q, K, V for every token, tile by tile.
+            for t0 in (0..n).step_by(tile) {
+                let nt = tile.min(n - t0);
+                let xs = &x[t0 * d..(t0 + nt) * d];
+                let xn = &mut xn[..nt * d];
+                rms_norm(xs, &lw.attn_norm, cfg.rms_eps, xn);
+                let mut acts = ActCache::new(xn, d);
+                let qs = &mut q[t0 * d..(t0 + nt) * d];
+                acts.matmul(&lw.wq, qs);
+                acts.matmul(&lw.wk, &mut kt[..nt * dkv]);
+                acts.matmul(&lw.wv, &mut vt[..nt * dkv]);
+                rope.apply(qs, t0, cfg.n_head, cfg.head_dim);
+                rope.apply(&mut kt[..nt * dkv], t0, cfg.n_head_kv, cfg.head_dim);
+                kbuf.store(t0 * dkv, &kt[..nt * dkv]);
+                vbuf.store(t0 * dkv, &vt[..nt * dkv]);
+            }
+            // Attention output overwrites the queries.
+            attention(&mut q, &kbuf, &vbuf, cfg);
+            // Output projection, residual, FFN, residual — tile by tile.
+            for t0 in (0..n).step_by(tile) {
+                let nt = tile.min(n - t0);
+                let os = &mut o[..nt * d];
+                ActCache::new(&q[t0 * d..(t0 + nt) * d], d).matmul(&lw.wo, os);
+                let xs = &mut x[t0 * d..(t0 + nt) * d];
+                xs.par_iter_mut()
+                    .zip(os.par_iter())
+                    .for_each(|(x, o)| *x += o);
+                let xn = &mut xn[..nt * d];
+                rms_norm(xs, &lw.ffn_norm, cfg.rms_eps, xn);
+                let (gs, us) = (&mut g[..nt * cfg.n_ff], &mut u[..nt * cfg.n_ff]);
+                let mut acts = ActCache::new(xn, d);
+                acts.matmul(&lw.gate, gs);
+                acts.matmul(&lw.up, us);
+                gs.par_chunks_mut(4096)
+                    .zip(us.par_chunks(4096))
+                    .for_each(|(g, u)| {
+                        for (g, &u) in g.iter_mut().zip(u) {
+                            *g = *g / (1.0 + (-*g).exp()) * u;
+                        }
+                    });
+                ActCache::new(gs, cfg.n_ff).matmul(&lw.down, os);
+                xs.par_iter_mut()
+                    .zip(os.par_iter())
+                    .for_each(|(x, o)| *x += o);
+            }
+        }
+
+        // Final norm and output head, a few positions at a time.
+        let mut logits = vec![0.0f32; LOGIT_TILE * cfg.n_vocab];
+        let mut xn = vec![0.0f32; LOGIT_TILE * d];
+        for p0 in (logits_from.min(n)..n).step_by(LOGIT_TILE) {
+            let np = LOGIT_TILE.min(n - p0);
+            let xn = &mut xn[..np * d];
+            rms_norm(&x[p0 * d..(p0 + np) * d], &w.output_norm, cfg.rms_eps, xn);
+            let lg = &mut logits[..np * cfg.n_vocab];
+            ActCache::new(xn, d).matmul(&w.output, lg);
+            for (i, row) in lg.chunks(cfg.n_vocab).enumerate() {
+                on_logits(p0 + i, row);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// cos/sin of every rotated pair at every position, computed as ggml's `ggml_rope_cache_init`
+/// does for mode 0: θ starts at the position and is multiplied by `base^(-2/n_rot)` per pair;
+/// `rope_freqs` factors divide θ.
+struct RopeTable {
+    half: usize,
+    cs: Vec<(f32, f32)>,
+}
+
+impl RopeTable {
+    fn new(cfg: &LlamaConfig, freqs: Option<&[f32]>, n: usize) -> Self {
+        let half = cfg.n_rot / 2;
+        let theta_scale = cfg.rope_freq_base.powf(-2.0 / cfg.n_rot as f32);
+        let mut cs = vec![(0.0f32, 0.0f32); n * half];
+        cs.par_chunks_mut(half.max(1))
+            .enumerate()
+            .for_each(|(p, row)| {
+                let mut theta = p as f32;
+                for (i, c) in row.iter_mut().enumerate() {
+                    let ff = freqs.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
+                    let t = theta / ff;
+                    *c = (t.cos(), t.sin());
+                    theta *= theta_scale;
+                }
+            });
+        Self { half, cs }
+    }
+
+    /// Rotates adjacent pairs (2i, 2i+1) of the first `n_rot` dims of every head of every row;
+    /// row `r` of `x` is position `p0 + r`.
+    fn apply(&self, x: &mut [f32], p0: usize, n_heads: usize, head_dim: usize) {
+        let half = self.half;
+        if half == 0 {
+            return;
+        }
+        x.par_chunks_mut(n_heads * head_dim)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let cs = &self.cs[(p0 + r) * half..(p0 + r + 1) * half];
+                for head in row.chunks_mut(head_dim) {
+                    for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
+                        let (x0, x1) = (pair[0], pair[1]);
+                        pair[0] = x0 * c - x1 * s;
+                        pair[1] = x0 * s + x1 * c;
+                    }
+                }
+            });
+    }
+}
+
+/// Causal grouped-query attention, in place: each row of `q` (n × n_head·head_dim) is replaced
+/// by its attention output. Tasks own blocks of [`BQ`] query rows; for each KV head, key/value
+/// blocks of [`BK`] rows are widened to f32 once and used by every query head of the group,
+/// with a running max and sum per query (online softmax), so memory stays O(BQ·BK) per task.
+fn attention(q: &mut [f32], k: &KvBuf, v: &KvBuf, cfg: &LlamaConfig) {
+    let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
+    let d = nh * hd;
+    let dkv = nkv * hd;
+    let group = nh / nkv;
+    let scale = 1.0f32 / (hd as f32).sqrt();
+    q.par_chunks_mut(BQ * d).enumerate().for_each(|(bi, qblk)| {
+        let i0 = bi * BQ;
+        let nq = qblk.len() / d;
+        let kend = i0 + nq;
+        let mut kf = vec![0.0f32; BK * hd];
+        let mut vf = vec![0.0f32; BK * hd];
+        let mut qf = vec![0.0f32; group * nq * hd];
+        let mut acc = vec![0.0f32; group * nq * hd];
+        let mut m = vec![f32::NEG_INFINITY; group * nq];
+        let mut l = vec![0.0f32; group * nq];
+        let mut s = [0.0f32; BK];
+        for gk in 0..nkv {
+            // Gather this group's queries: qf[(h, qi)] = q[qi, (gk·group + h)].
+            for h in 0..group {
+                let head = gk * group + h;
+                for qi in 0..nq {
+                    let src = &qblk[qi * d + head * hd..qi * d + (head + 1) * hd];
+                    let dst = &mut qf[(h * nq + qi) * hd..(h * nq + qi + 1) * hd];
+                    dst.copy_from_slice(src);
+                }
+            }
+            acc.fill(0.0);
+            m.fill(f32::NEG_INFINITY);
+            l.fill(0.0);
+            for j0 in (0..kend).step_by(BK) {
+                let jn = BK.min(kend - j0);
+                for j in 0..jn {
+                    let at = (j0 + j) * dkv + gk * hd;
+                    k.load(at, &mut kf[j * hd..(j + 1) * hd]);
+                    v.load(at, &mut vf[j * hd..(j + 1) * hd]);
+                }
+                for h in 0..group {
+                    for qi in 0..nq {
+                        let i = i0 + qi;
+                        if i < j0 {
+                            continue;
+                        }
+                        let lim = jn.min(i + 1 - j0);
+                        let qrow = &qf[(h * nq + qi) * hd..(h * nq + qi + 1) * hd];
+                        let mut mx = f32::NEG_INFINITY;
+                        for (j, sj) in s.iter_mut().enumerate().take(lim) {
+                            *sj = dot_f32(qrow, &kf[j * hd..(j + 1) * hd]) * scale;
+                            mx = mx.max(*sj);
+                        }
+                        let idx = h * nq + qi;
+                        let arow = &mut acc[idx * hd..(idx + 1) * hd];
+                        let m_new = m[idx].max(mx);
+                        if m_new > m[idx] {
+                            let c = (m[idx] - m_new).exp();
+                            l[idx] *= c;
+                            for a in arow.iter_mut() {
+                                *a *= c;
+                            }
+                            m[idx] = m_new;
+                        }
+                        for (j, &sj) in s.iter().enumerate().take(lim) {
+                            let p = (sj - m_new).exp();
+                            l[idx] += p;
+                            for (a, &vv) in arow.iter_mut().zip(&vf[j * hd..(j + 1) * hd]) {
+                                *a += p * vv;
+                            }
+                        }
+                    }
+                }
+            }
+            for h in 0..group {
+                let head = gk * group + h;
+                for qi in 0..nq {
+                    let idx = h * nq + qi;
+                    let inv = 1.0 / l[idx];
+                    let dst = &mut qblk[qi * d + head * hd..qi * d + (head + 1) * hd];
+                    for (d, &a) in dst.iter_mut().zip(&acc[idx * hd..(idx + 1) * hd]) {
+                        *d = a * inv;
+                    }
+                }
+            }
+        }
+    });
+}
