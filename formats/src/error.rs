@@ -331,6 +331,15 @@ pub enum ErrorKind {
         /// What was wrong.
         reason: String,
     },
+    /// A JSON object in the header (a tensor entry or `__metadata__`) names the same field twice.
+    /// JSON parsers disagree on which copy wins, so the header has no single meaning.
+    #[error("header entry {entry:?} has field {field:?} more than once")]
+    DuplicateField {
+        /// The tensor name, or `__metadata__`.
+        entry: String,
+        /// The repeated field.
+        field: String,
+    },
     /// A `__metadata__` value is not a string.
     #[error("__metadata__ value for {key:?} is not a string")]
     MetadataNotString {

@@ -539,25 +539,34 @@ fn parse_shard(bytes: &[u8], limits: &Limits) -> Result<ParsedShard, ErrorKind> 
         what: "safetensors header".into(),
         offset: 8,
     })?;
-    let entries: OrderedMap<serde_json::Value> =
+    // Every entry must be an object. Each is read as its raw field list, not a `serde_json::Map`,
+    // because a map keeps only the last of repeated fields: `{"shape":[0],"shape":[2]}` would
+    // silently mean [2] to us while other readers take the first copy or refuse the file.
+    let entries: OrderedMap<OrderedMap<serde_json::Value>> =
         serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
 
     let mut metadata = BTreeMap::new();
     let mut seen = HashSet::new();
     let mut tensors = Vec::new();
-    for (name, value) in entries.0 {
+    for (name, fields) in entries.0 {
         if !seen.insert(name.clone()) {
             return Err(ErrorKind::DuplicateTensorName { name });
         }
+        let mut field_names = HashSet::new();
+        for (field, _) in &fields.0 {
+            if !field_names.insert(field.as_str()) {
+                return Err(ErrorKind::DuplicateField {
+                    entry: name.clone(),
+                    field: field.clone(),
+                });
+            }
+        }
         if name == "__metadata__" {
-            let obj = value
-                .as_object()
-                .ok_or_else(|| bad("__metadata__ is not an object"))?;
-            for (k, v) in obj {
+            for (k, v) in fields.0 {
                 let s = v
                     .as_str()
                     .ok_or_else(|| ErrorKind::MetadataNotString { key: k.clone() })?;
-                metadata.insert(k.clone(), s.to_owned());
+                metadata.insert(k, s.to_owned());
             }
             continue;
         }
@@ -569,7 +578,7 @@ fn parse_shard(bytes: &[u8], limits: &Limits) -> Result<ParsedShard, ErrorKind> 
                 limit: limits.max_tensors,
             });
         }
-        tensors.push(parse_entry(name, &value)?);
+        tensors.push(parse_entry(name, &fields.0)?);
     }
 
     // Coverage: sorted by start, each tensor must begin where the previous ended, and the last must
@@ -630,20 +639,20 @@ fn parse_shard(bytes: &[u8], limits: &Limits) -> Result<ParsedShard, ErrorKind> 
     })
 }
 
-fn parse_entry(name: String, value: &serde_json::Value) -> Result<StTensor, ErrorKind> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| bad(format!("entry {name:?} is not an object")))?;
-    let dtype_str = obj
-        .get("dtype")
+/// Builds one tensor from its entry's fields (already checked to be unique).
+fn parse_entry(
+    name: String,
+    fields: &[(String, serde_json::Value)],
+) -> Result<StTensor, ErrorKind> {
+    let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let dtype_str = get("dtype")
         .and_then(|d| d.as_str())
         .ok_or_else(|| bad(format!("tensor {name:?}: missing or non-string dtype")))?;
     let dtype = Dtype::parse(dtype_str).ok_or_else(|| ErrorKind::UnknownDtype {
         tensor: name.clone(),
         dtype: dtype_str.to_owned(),
     })?;
-    let shape_json = obj
-        .get("shape")
+    let shape_json = get("shape")
         .and_then(|s| s.as_array())
         .ok_or_else(|| bad(format!("tensor {name:?}: missing or non-array shape")))?;
     let mut shape = Vec::with_capacity(shape_json.len());
@@ -653,8 +662,7 @@ fn parse_entry(name: String, value: &serde_json::Value) -> Result<StTensor, Erro
                 .ok_or_else(|| bad(format!("tensor {name:?}: shape entry {d} is not a u64")))?,
         );
     }
-    let offs = obj
-        .get("data_offsets")
+    let offs = get("data_offsets")
         .and_then(|o| o.as_array())
         .filter(|o| o.len() == 2)
         .ok_or_else(|| bad(format!("tensor {name:?}: data_offsets is not a pair")))?;
