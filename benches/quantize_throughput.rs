@@ -10,20 +10,28 @@
 use longquant::export::block_format;
 use longquant::formats::gguf::{GgufFile, GgufWriter, TensorSpec, WriteOptions};
 use longquant::formats::GgmlType;
+use longquant::quants::block::cast_blocks;
 use longquant::quants::tensor::quantize_tensor;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `cargo bench` appends `--bench`; ignore flags.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     if args.len() != 4 {
         eprintln!("usage: quantize_throughput IN.gguf OUT.gguf TYPE THREADS");
         return Ok(()); // a bare `cargo bench` run must not fail
     }
-    let (input, output, type_name, threads) = (&args[0], &args[1], &args[2], args[3].parse::<usize>()?);
-    let target = GgmlType::from_name(type_name).ok_or_else(|| format!("unknown type {type_name}"))?;
+    let (input, output, type_name, threads) =
+        (&args[0], &args[1], &args[2], args[3].parse::<usize>()?);
+    let target =
+        GgmlType::from_name(type_name).ok_or_else(|| format!("unknown type {type_name}"))?;
     let fmt = block_format(target).ok_or_else(|| format!("cannot quantize to {type_name}"))?;
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
 
     let start = Instant::now();
     let file = GgufFile::open(input)?;
@@ -50,11 +58,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bytes = file.tensor_data(t);
         if t.dims.len() >= 2 && t.ggml_type == GgmlType::F32 {
             src.clear();
-            src.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            src.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
             let row_len = t.dims[0] as usize;
-            let row_size = fmt.row_size(row_len).ok_or("row length not a multiple of the block size")?;
-            dst.resize(src.len() / row_len * row_size, 0u8);
-            pool.install(|| quantize_tensor(fmt, &src, row_len, None, &mut dst))?;
+            let row_size = fmt
+                .row_size(row_len)
+                .ok_or("row length not a multiple of the block size")?;
+            dst.resize(values.len() / row_len * row_size, 0u8);
+            pool.install(|| quantize_tensor(fmt, values, row_len, None, &mut dst))?;
             writer.write_tensor_data(&dst)?;
         } else {
             writer.write_tensor_data(bytes)?;
