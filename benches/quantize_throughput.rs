@@ -57,12 +57,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for t in file.tensors() {
         let bytes = file.tensor_data(t);
         if t.dims.len() >= 2 && t.ggml_type == GgmlType::F32 {
-            src.clear();
-            src.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
+            // GGUF tensor data is 32-byte aligned in a page-aligned map, so on a little-endian
+            // host the F32 weights are borrowed in place; copy only when that is not so.
+            let values: &[f32] = match cast_blocks::<f32>(bytes) {
+                Some(v) if cfg!(target_endian = "little") => v,
+                _ => {
+                    src.clear();
+                    src.extend(
+                        bytes
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    );
+                    &src
+                }
+            };
             let row_len = t.dims[0] as usize;
             let row_size = fmt
                 .row_size(row_len)
