@@ -136,9 +136,8 @@ impl LlamaConfig {
                 "rope.dimension_count {n_rot} must be even and ≤ head width {head_dim}"
             ));
         }
-        if !(rms_eps.is_finite() && rms_eps > 0.0)
-            || !(rope_freq_base.is_finite() && rope_freq_base > 0.0)
-        {
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !positive(rms_eps) || !positive(rope_freq_base) {
             return bad(format!(
                 "rms eps {rms_eps} / rope base {rope_freq_base} must be finite and positive"
             ));
@@ -180,5 +179,70 @@ impl LlamaConfig {
     /// Width of the key/value projections (`n_head_kv · head_dim`).
     pub fn n_embd_kv(&self) -> usize {
         self.n_head_kv * self.head_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smol_like() -> Metadata {
+        let mut md = Metadata::new();
+        md.insert("general.architecture", "llama");
+        md.insert("llama.context_length", 8192u32);
+        md.insert("llama.embedding_length", 576u32);
+        md.insert("llama.block_count", 30u32);
+        md.insert("llama.feed_forward_length", 1536u32);
+        md.insert("llama.attention.head_count", 9u32);
+        md.insert("llama.attention.head_count_kv", 3u32);
+        md.insert("llama.rope.freq_base", 100000.0f32);
+        md.insert("llama.attention.layer_norm_rms_epsilon", 1e-5f32);
+        md
+    }
+
+    #[test]
+    fn reads_smollm2_hparams() {
+        let c = LlamaConfig::from_metadata(&smol_like(), 49152).unwrap();
+        assert_eq!(
+            (c.head_dim, c.n_rot, c.n_embd_kv(), c.n_vocab),
+            (64, 64, 192, 49152)
+        );
+        assert_eq!(c.rope_freq_base, 100000.0);
+    }
+
+    #[test]
+    fn unsupported_architecture() {
+        let mut md = smol_like();
+        md.insert("general.architecture", "falcon");
+        assert!(
+            matches!(LlamaConfig::from_metadata(&md, 10), Err(ModelError::UnsupportedArchitecture(a)) if a == "falcon")
+        );
+    }
+
+    #[test]
+    fn missing_and_inconsistent_hparams() {
+        let mut md = smol_like();
+        md.remove("llama.block_count");
+        assert!(
+            matches!(LlamaConfig::from_metadata(&md, 10), Err(ModelError::MissingKey { key, .. }) if key == "llama.block_count")
+        );
+        let mut md = smol_like();
+        md.insert("llama.attention.head_count_kv", 2u32);
+        assert!(matches!(
+            LlamaConfig::from_metadata(&md, 10),
+            Err(ModelError::InvalidConfig(_))
+        ));
+        let mut md = smol_like();
+        md.insert("llama.embedding_length", "wide");
+        assert!(matches!(
+            LlamaConfig::from_metadata(&md, 10),
+            Err(ModelError::MissingKey { .. })
+        ));
+        let mut md = smol_like();
+        md.insert("llama.rope.scaling.type", "yarn");
+        assert!(matches!(
+            LlamaConfig::from_metadata(&md, 10),
+            Err(ModelError::UnsupportedFeature(_))
+        ));
     }
 }

@@ -163,9 +163,7 @@ pub(crate) fn matmul(w: &Weight<'_>, acts: &Acts, n_tok: usize, out: &mut [f32])
     let rows = w.rows;
     let bpr = w.blocks_per_row();
     match (w.data, acts) {
-        (WeightData::F32(wd), Acts::F32(a)) => {
-            mm(wd, bpr, a, w.cols, n_tok, rows, out, |x, y| dot_f32(x, y))
-        }
+        (WeightData::F32(wd), Acts::F32(a)) => mm(wd, bpr, a, w.cols, n_tok, rows, out, dot_f32),
         (WeightData::F16(wd), Acts::F16(a)) => {
             mm(wd, bpr, a, w.cols, n_tok, rows, out, dot_f16_f16)
         }

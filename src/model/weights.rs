@@ -211,7 +211,9 @@ fn matrix_from_file<'a>(
     // The reader validated n_bytes against the type and shape; this re-check keeps the forward
     // pass's slicing provably in bounds even if that contract changes.
     let fmt = w.format();
-    if cols % fmt.block_size() != 0 || fmt.row_size(cols).map(|s| s * rows) != Some(bytes.len()) {
+    if !cols.is_multiple_of(fmt.block_size())
+        || fmt.row_size(cols).map(|s| s * rows) != Some(bytes.len())
+    {
         return Err(ModelError::ShapeMismatch {
             tensor: name.to_string(),
             expected: vec![cols as u64, rows as u64],
