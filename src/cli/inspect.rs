@@ -13,7 +13,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args, json: bool) -> anyhow::Result<()> {
+    use longquant::inspect::InspectError;
     let doc = longquant::inspect::inspect(&a.path, a.tensors)
+        // Keep the formats error itself in the chain (not its transparent wrapper) so the exit
+        // code can tell invalid input from I/O failures and refusals.
+        .map_err(|e| match e {
+            InspectError::Format(f) => anyhow::Error::new(f),
+            other => anyhow::Error::new(other),
+        })
         .with_context(|| format!("inspecting {}", a.path.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -29,7 +36,11 @@ fn render(doc: &Json) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let get = |k: &str| doc.get(k).cloned().unwrap_or(Json::Null);
-    let _ = writeln!(s, "path:          {}", escape(get("path").as_str().unwrap_or("")));
+    let _ = writeln!(
+        s,
+        "path:          {}",
+        escape(get("path").as_str().unwrap_or(""))
+    );
     match doc["format"].as_str() {
         Some("gguf") => {
             let _ = writeln!(
@@ -53,7 +64,9 @@ fn render(doc: &Json) -> String {
     let _ = writeln!(
         s,
         "architecture:  {}",
-        get("architecture").as_str().map_or("(unknown)".to_owned(), escape)
+        get("architecture")
+            .as_str()
+            .map_or("(unknown)".to_owned(), escape)
     );
     if let Some(h) = doc["hparams"].as_object() {
         for (k, v) in h {

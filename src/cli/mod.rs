@@ -3,11 +3,13 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod compare;
 mod convert;
 mod export_hf;
 mod inspect;
 mod logits;
 mod perplexity;
+mod quantize;
 
 /// Convert Hugging Face Llama checkpoints to GGUF, quantize them, and prove the result is still good.
 #[derive(Parser)]
@@ -26,6 +28,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Convert a Hugging Face checkpoint to a (quantized) GGUF in one pass.
     Convert(convert::Args),
+    /// Requantize a GGUF to another type with llama-quantize's mixes.
+    Quantize(quantize::Args),
     /// Export a llama GGUF to a Hugging Face folder (safetensors, config, tokenizer).
     #[command(name = "export-hf")]
     ExportHf(export_hf::Args),
@@ -33,6 +37,8 @@ enum Command {
     Perplexity(perplexity::Args),
     /// Logits of the embedded forward pass for a prompt (top-k per position; --json adds the last position's logits).
     Logits(logits::Args),
+    /// KL divergence and agreement of a model against a base model (llama.cpp's --kl-divergence statistics), in lockstep.
+    Compare(compare::Args),
 }
 
 /// Exit codes: distinct for bad input, I/O failure and refusals for safety, so scripts can tell them apart.
@@ -50,8 +56,10 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a, cli.json),
         Command::Convert(a) => convert::run(a, cli.json),
+        Command::Quantize(a) => quantize::run(a, cli.json),
         Command::Perplexity(a) => perplexity::run(a, cli.json),
         Command::Logits(a) => logits::run(a, cli.json),
+        Command::Compare(a) => compare::run(a, cli.json),
         Command::ExportHf(a) => export_hf::run(a, cli.json),
     };
     match result {
@@ -65,19 +73,19 @@ pub fn main() -> ExitCode {
 
 /// Pick an exit code from the root cause of an error chain.
 fn classify(err: &anyhow::Error) -> u8 {
+    use longquant::formats::ErrorKind;
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<longquant::formats::Error>() {
-            return if matches!(e.kind, longquant::formats::ErrorKind::Io { .. }) {
-                exit::IO
-            } else {
-                exit::INVALID_INPUT
+            return match e.kind {
+                ErrorKind::Io { .. } => exit::IO,
+                ErrorKind::PickleRefused { .. } => exit::REFUSED,
+                _ => exit::INVALID_INPUT,
             };
         }
         if cause.downcast_ref::<std::io::Error>().is_some() {
             return exit::IO;
         }
-        if let Some(r) = cause.downcast_ref::<longquant::Refusal>() {
-            let _ = r;
+        if cause.downcast_ref::<longquant::Refusal>().is_some() {
             return exit::REFUSED;
         }
     }
