@@ -193,8 +193,9 @@ fn is_attn_v_like(c: Category) -> bool {
 }
 
 /// `tensor_allows_quantization`, for the names a Llama model can have (default parameters:
-/// `quantize_output_tensor` on, no `only_copy`).
-fn allows_quantization(t: &MixTensor) -> bool {
+/// `quantize_output_tensor` on, no `only_copy`). Tensors it refuses keep their type: F32 from a
+/// Hugging Face checkpoint, the input's type in llama-quantize.
+pub fn allows_quantization(t: &MixTensor) -> bool {
     let n_dims = t.ne.iter().rposition(|&d| d != 1).map_or(1, |p| p + 1);
     if n_dims < 2 {
         return false;
@@ -241,6 +242,17 @@ struct State {
     n_fallback: usize,
 }
 
+/// Options of [`plan_mix_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MixOptions {
+    /// An importance matrix will be used (matters only for Q4_0/Q5_0: llama.cpp then protects
+    /// the first `ffn_down` layers).
+    pub has_imatrix: bool,
+    /// llama-quantize's `--pure`: every quantizable tensor gets the default type (the shape
+    /// fallbacks still apply, as they must for the blocks to fit).
+    pub pure: bool,
+}
+
 /// Decide every tensor's type for `ftype`. `has_imatrix` matters only for Q4_0/Q5_0 (llama.cpp
 /// protects the first `ffn_down` layers when an importance matrix is given).
 pub fn plan_mix(
@@ -249,6 +261,25 @@ pub fn plan_mix(
     shape: ModelShape,
     has_imatrix: bool,
 ) -> Mix {
+    plan_mix_with(
+        ftype,
+        tensors,
+        shape,
+        MixOptions {
+            has_imatrix,
+            pure: false,
+        },
+    )
+}
+
+/// [`plan_mix`] with all of llama-quantize's options that change types.
+pub fn plan_mix_with(
+    ftype: FileType,
+    tensors: &[MixTensor],
+    shape: ModelShape,
+    opts: MixOptions,
+) -> Mix {
+    let has_imatrix = opts.has_imatrix;
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     // llama_model_loader::weight_name_comparer: by block index (non-block = -1 first), then by name.
     order.sort_by(|&a, &b| {
@@ -290,7 +321,9 @@ pub fn plan_mix(
         let mut ty = default;
         let mut fallback_from = None;
         if ftype.is_quantized() {
-            ty = type_impl(&mut st, ty, t, ftype);
+            if !opts.pure {
+                ty = type_impl(&mut st, ty, t, ftype);
+            }
             let (fallen, changed) = fallback(&mut st, t, ty);
             if changed {
                 fallback_from = Some(ty);

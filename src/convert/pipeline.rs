@@ -8,24 +8,23 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use longquant_formats::gguf::{
-    Array, GgufFile, GgufWriter, Metadata, TensorSpec, Value, ValueType, WriteOptions,
+    Array, GgufFile, Metadata, TensorSpec, Value, ValueType, WriteOptions,
 };
 use longquant_formats::safetensors::{Dtype, SafetensorsModel, StTensor};
 use longquant_formats::GgmlType;
-use longquant_quants::tensor::quantize_tensor;
-use longquant_quants::{BlockFormat, QuantError};
-use rayon::prelude::*;
+use longquant_quants::QuantError;
 
 use super::config::{ConfigError, LlamaConfig, RopeScaling};
 use super::mix::{plan_mix, FileType, MixTensor, ModelShape};
-use super::names::{map_hf_name, permute_heads, HfName, PermuteError, Role, ROPE_FREQS};
+use super::names::{map_hf_name, HfName, PermuteError, Role, ROPE_FREQS};
+use super::split::SplitWriter;
+use super::stream::{split_err, stream_tensors};
 use super::tokenizer::{
     add_special_key, load_vocab, special_id_key, ChatTemplate, TokenizerError, Vocab,
 };
 use crate::Refusal;
 
-/// Weights converted per slice: 16 Mi f32 = 64 MiB of f32 plus at most as much output.
-pub const SLICE_WEIGHTS: usize = 16 << 20;
+pub use super::stream::SLICE_WEIGHTS;
 
 /// Why a conversion failed. Whatever the cause, no output file is left behind.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +113,22 @@ pub enum ConvertError {
     /// An option is not available.
     #[error("{0}")]
     NotSupported(String),
+    /// The input file lacks what the operation needs.
+    #[error("{0}")]
+    BadInput(String),
+    /// A split set could not be written or read.
+    #[error(transparent)]
+    Split(super::split::SplitError),
+    /// A quantized input tensor would have to be requantized, and that was not allowed.
+    #[error("tensor {name} is already quantized ({from}); converting it to {to} loses precision twice, pass --allow-requantize to do it anyway")]
+    RequantizeRefused {
+        /// GGUF name.
+        name: String,
+        /// Its type in the input.
+        from: String,
+        /// The type the mix chose.
+        to: String,
+    },
     /// After writing, the GGUF does not carry what config.json says (a bug; the file is removed).
     #[error("written file disagrees with config.json: {0}")]
     Verify(String),
@@ -151,6 +166,8 @@ pub struct ConvertOptions {
     pub threads: Option<usize>,
     /// Importance matrix (not supported yet).
     pub imatrix: Option<PathBuf>,
+    /// Write llama.cpp's split layout with files of at most this many tensor bytes.
+    pub split_max_size: Option<u64>,
 }
 
 impl Default for ConvertOptions {
@@ -161,6 +178,7 @@ impl Default for ConvertOptions {
             force: false,
             threads: None,
             imatrix: None,
+            split_max_size: None,
         }
     }
 }
@@ -168,7 +186,7 @@ impl Default for ConvertOptions {
 /// Where a planned tensor's values come from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    /// A checkpoint tensor (HF name).
+    /// A tensor of the input, by its name there (HF name for a checkpoint, GGUF name for a GGUF).
     Checkpoint(String),
     /// Generated values (the Llama-3.1 rope factors).
     Generated(Vec<f32>),
@@ -181,8 +199,8 @@ pub struct PlannedTensor {
     pub name: String,
     /// Values' origin.
     pub source: Source,
-    /// What it is.
-    pub role: Role,
+    /// What it is (None for tensors of a GGUF input, which keep their names).
+    pub role: Option<Role>,
     /// ggml dimensions (innermost first).
     pub dims: Vec<u64>,
     /// Output type.
@@ -254,8 +272,10 @@ pub struct Fact {
 /// What a finished conversion reports.
 #[derive(Debug, Clone)]
 pub struct ConvertReport {
-    /// The output file.
+    /// The output file (the first file of a split set).
     pub output: PathBuf,
+    /// Every file written (one, or the split set in order).
+    pub outputs: Vec<PathBuf>,
     /// File type written.
     pub file_type: FileType,
     /// Size of the output.
@@ -286,23 +306,6 @@ impl ConvertReport {
             bytes as f64 * 8.0 / self.n_params as f64
         }
     }
-}
-
-fn block_format(t: GgmlType) -> Option<BlockFormat> {
-    Some(match t {
-        GgmlType::F32 => BlockFormat::F32,
-        GgmlType::F16 => BlockFormat::F16,
-        GgmlType::BF16 => BlockFormat::BF16,
-        GgmlType::Q4_0 => BlockFormat::Q4_0,
-        GgmlType::Q4_1 => BlockFormat::Q4_1,
-        GgmlType::Q5_0 => BlockFormat::Q5_0,
-        GgmlType::Q5_1 => BlockFormat::Q5_1,
-        GgmlType::Q8_0 => BlockFormat::Q8_0,
-        GgmlType::Q4_K => BlockFormat::Q4_K,
-        GgmlType::Q5_K => BlockFormat::Q5_K,
-        GgmlType::Q6_K => BlockFormat::Q6_K,
-        _ => return None,
-    })
 }
 
 /// The shape (outermost first) config.json implies for a role.
@@ -457,7 +460,7 @@ pub fn plan(
             name: ROPE_FREQS.into(),
             dims: vec![freqs.len() as u64],
             source: Source::Generated(freqs),
-            role: Role::RopeFreqs,
+            role: Some(Role::RopeFreqs),
             ggml_type: GgmlType::F32,
             fallback_from: None,
             permute_heads: None,
@@ -473,7 +476,7 @@ pub fn plan(
         tensors.push(PlannedTensor {
             name: gguf.clone(),
             source: Source::Checkpoint(t.name.clone()),
-            role: *role,
+            role: Some(*role),
             // The one place dimension order is reversed: safetensors outermost-first → ggml innermost-first.
             dims: t.shape.iter().rev().copied().collect(),
             ggml_type: GgmlType::F32,
@@ -649,23 +652,26 @@ fn build_metadata(
     m
 }
 
-/// Refuse to overwrite the input or (without `force`) an existing output.
-fn check_output(
-    out: &Path,
-    src_dir: &Path,
-    st: &SafetensorsModel,
+/// The files `out` stands for: itself, or the split set [`super::split::split_paths`] would
+/// name. The split count is only known once the plan exists, so callers pass it.
+pub(crate) fn output_paths(out: &Path, split_count: Option<usize>) -> Vec<PathBuf> {
+    match split_count {
+        None => vec![out.to_path_buf()],
+        Some(n) => super::split::split_paths(out, n),
+    }
+}
+
+/// Refuse to overwrite an input or (without `force`) an existing output, or to write over a
+/// directory.
+pub(crate) fn check_outputs(
+    outputs: &[PathBuf],
+    inputs: &[PathBuf],
     force: bool,
 ) -> Result<(), Refusal> {
-    if let Ok(out_c) = out.canonicalize() {
-        let mut inputs: Vec<PathBuf> = st.shard_paths().to_vec();
-        for f in [
-            "config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "model.safetensors.index.json",
-        ] {
-            inputs.push(src_dir.join(f));
-        }
+    for out in outputs {
+        let Ok(out_c) = out.canonicalize() else {
+            continue;
+        };
         if inputs
             .iter()
             .any(|p| p.canonicalize().is_ok_and(|p| p == out_c))
@@ -688,25 +694,61 @@ fn check_output(
     Ok(())
 }
 
-/// Decode little-endian source elements into f32.
-fn widen(dtype: &Dtype, src: &[u8], dst: &mut [f32]) {
-    match dtype {
-        Dtype::F32 => dst
-            .par_iter_mut()
-            .zip(src.par_chunks_exact(4))
-            .for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        Dtype::F16 => dst
-            .par_iter_mut()
-            .zip(src.par_chunks_exact(2))
-            .for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-        // BF16 is the top half of an f32: widening is exact.
-        _ => dst
-            .par_iter_mut()
-            .zip(src.par_chunks_exact(2))
-            .for_each(|(d, b)| {
-                *d = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
-            }),
+/// How many files a plan's tensors fill with `--split-max-size` (None without it).
+pub(crate) fn split_count(tensors: &[PlannedTensor], max: Option<u64>) -> Option<usize> {
+    let max = max?;
+    let sizes: Vec<u64> = tensors.iter().map(|t| t.n_bytes).collect();
+    Some(
+        super::split::assign_splits(&sizes, max)
+            .last()
+            .map_or(1, |s| s + 1),
+    )
+}
+
+/// Run `f` on a pool of `threads` workers (the global pool when `None`).
+pub(crate) fn with_threads<T>(
+    threads: Option<usize>,
+    f: impl FnOnce() -> Result<T, ConvertError> + Send,
+) -> Result<T, ConvertError>
+where
+    T: Send,
+{
+    match threads {
+        Some(n) if n > 0 => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| {
+                    ConvertError::NotSupported(format!("cannot start {n} threads: {e}"))
+                })?;
+            pool.install(f)
+        }
+        _ => f(),
     }
+}
+
+/// Open the output for a plan: one file, or a split set. Returns the writer.
+pub(crate) fn open_output(
+    out: &Path,
+    metadata: &Metadata,
+    tensors: &[PlannedTensor],
+    split_max_size: Option<u64>,
+    force: bool,
+) -> Result<SplitWriter, ConvertError> {
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|t| TensorSpec::new(t.name.clone(), t.dims.clone(), t.ggml_type))
+        .collect();
+    let sizes: Vec<u64> = tensors.iter().map(|t| t.n_bytes).collect();
+    SplitWriter::create(
+        out,
+        metadata,
+        specs,
+        sizes,
+        split_max_size,
+        WriteOptions { overwrite: force },
+    )
+    .map_err(split_err)
 }
 
 /// Convert the checkpoint in `src` (a folder) to `out`. `progress` receives events for a bar.
@@ -716,20 +758,7 @@ pub fn convert(
     opts: &ConvertOptions,
     progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<ConvertReport, ConvertError> {
-    let run =
-        |progress: &mut (dyn FnMut(Progress<'_>) + Send)| convert_inner(src, out, opts, progress);
-    match opts.threads {
-        Some(n) if n > 0 => {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .map_err(|e| {
-                    ConvertError::NotSupported(format!("cannot start {n} threads: {e}"))
-                })?;
-            pool.install(|| run(progress))
-        }
-        _ => run(progress),
-    }
+    with_threads(opts.threads, || convert_inner(src, out, opts, progress))
 }
 
 fn convert_inner(
@@ -747,152 +776,52 @@ fn convert_inner(
             .unwrap_or_else(|| PathBuf::from("."))
     };
     let st = SafetensorsModel::open(src)?;
-    check_output(out, &src_dir, &st, opts.force)?;
+    let mut inputs: Vec<PathBuf> = st.shard_paths().to_vec();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors.index.json",
+    ] {
+        inputs.push(src_dir.join(f));
+    }
+    // The plain output name first (cheap), then the real file names once the plan knows them.
+    check_outputs(&[out.to_path_buf()], &inputs, opts.force)?;
     let plan = plan(&src_dir, &st, opts)?;
+    let outputs = output_paths(out, split_count(&plan.tensors, opts.split_max_size));
+    check_outputs(&outputs, &inputs, opts.force)?;
 
-    let specs: Vec<TensorSpec> = plan
-        .tensors
-        .iter()
-        .map(|t| TensorSpec::new(t.name.clone(), t.dims.clone(), t.ggml_type))
-        .collect();
-    let mut writer = GgufWriter::create(
+    let mut writer = open_output(
         out,
         &plan.metadata,
-        specs,
-        WriteOptions {
-            overwrite: opts.force,
-        },
+        &plan.tensors,
+        opts.split_max_size,
+        opts.force,
     )?;
-    let source_bytes: u64 = plan
-        .tensors
-        .iter()
-        .map(|t| match &t.source {
-            Source::Checkpoint(n) => st.get(n).map_or(0, StTensor::n_bytes),
-            Source::Generated(v) => v.len() as u64 * 4,
-        })
-        .sum();
-    progress(Progress::Start {
-        tensors: plan.tensors.len(),
-        bytes: source_bytes,
-    });
-
-    let mut warnings = Vec::new();
-    let mut f32_buf: Vec<f32> = Vec::new();
-    let mut perm_buf: Vec<f32> = Vec::new();
-    let mut out_buf: Vec<u8> = Vec::new();
-    for t in &plan.tensors {
-        let fmt = block_format(t.ggml_type).ok_or_else(|| {
-            ConvertError::NotSupported(format!("tensor type {} for {}", t.ggml_type.name(), t.name))
-        })?;
-        let row_len = t.dims.first().copied().unwrap_or(1) as usize;
-        let n_rows: usize = t.dims.iter().skip(1).product::<u64>() as usize;
-        let (hf_name, bytes, dtype, elem) = match &t.source {
-            Source::Checkpoint(n) => {
-                let s = st
-                    .get(n)
-                    .ok_or_else(|| ConvertError::MissingTensor { name: n.clone() })?;
-                let b = st.data(s);
-                let elem = s.dtype.size_bytes() as usize;
-                if b.len() != n_rows * row_len * elem {
-                    return Err(ConvertError::MissingTensor { name: n.clone() });
-                }
-                (n.clone(), b, s.dtype.clone(), elem)
-            }
-            Source::Generated(_) => (t.name.clone(), &[][..], Dtype::F32, 4),
-        };
-        // Rows per slice: a whole number of heads for permuted tensors.
-        let unit = match t.permute_heads {
-            Some(h) => super::names::rows_per_head(n_rows as u64, h).map_err(|source| {
-                ConvertError::Permute {
-                    name: hf_name.clone(),
-                    source,
-                }
-            })? as usize,
-            None => 1,
-        };
-        let rows_per_slice = ((SLICE_WEIGHTS / row_len.max(1)) / unit).max(1) * unit;
-        let mut f16_overflow = 0usize;
-        let mut row0 = 0usize;
-        while row0 < n_rows.max(1) {
-            let rows = rows_per_slice.min(n_rows.max(1) - row0);
-            let n = rows * row_len;
-            f32_buf.resize(n, 0.0);
-            match &t.source {
-                Source::Generated(v) => f32_buf.copy_from_slice(v),
-                Source::Checkpoint(_) => {
-                    let b = bytes
-                        .get(row0 * row_len * elem..(row0 + rows) * row_len * elem)
-                        .unwrap_or(&[]);
-                    widen(&dtype, b, &mut f32_buf);
-                }
-            }
-            let values: &[f32] = if t.permute_heads.is_some() {
-                perm_buf.resize(n, 0.0);
-                permute_heads(&f32_buf, &mut perm_buf, row_len, unit).map_err(|source| {
-                    ConvertError::Permute {
-                        name: hf_name.clone(),
-                        source,
-                    }
-                })?;
-                &perm_buf
-            } else {
-                &f32_buf
-            };
-            if t.ggml_type == GgmlType::F16 {
-                f16_overflow += values
-                    .par_iter()
-                    .filter(|x| x.abs() > 65504.0 && x.is_finite())
-                    .count();
-            }
-            let out_len = fmt.row_size(row_len).ok_or_else(|| {
-                ConvertError::NotSupported(format!("{}: row length {row_len} for {fmt:?}", t.name))
-            })? * rows;
-            out_buf.resize(out_len, 0);
-            quantize_tensor(fmt, values, row_len, None, &mut out_buf).map_err(|e| match e {
-                QuantError::NonFinite { index, value } => ConvertError::NonFinite {
-                    name: hf_name.clone(),
-                    index: (row0 * row_len + index) as u64,
-                    value,
-                },
-                source => ConvertError::Quant {
-                    name: t.name.clone(),
-                    source,
-                },
-            })?;
-            writer.write_tensor_data(&out_buf)?;
-            progress(Progress::Advance {
-                name: &t.name,
-                bytes: (n * elem) as u64,
-            });
-            row0 += rows;
-        }
-        if f16_overflow > 0 {
-            warnings.push(format!(
-                "{}: {f16_overflow} values exceed F16's range (65504) and became infinite; consider --type BF16 or F32",
-                hf_name
-            ));
-        }
-        progress(Progress::TensorDone { name: &t.name });
-        // Reading an over-RAM checkpoint: drop our scratch between big tensors (peak stays one slice).
-        if f32_buf.capacity() > SLICE_WEIGHTS {
-            f32_buf = Vec::new();
-        }
-    }
-    let file_size = writer.finish()?;
+    let stats = stream_tensors(&plan.tensors, &st, &mut writer, progress)?;
+    let outputs = writer.paths().to_vec();
+    let file_size = writer.finish().map_err(split_err)?;
     let wall_seconds = start.elapsed().as_secs_f64();
 
-    let facts = match verify_facts(out, &plan) {
+    let first = outputs
+        .first()
+        .cloned()
+        .unwrap_or_else(|| out.to_path_buf());
+    let facts = match verify_facts(&first, &plan) {
         Ok(f) => f,
         Err(e) => {
-            let _ = std::fs::remove_file(out);
+            for o in &outputs {
+                let _ = std::fs::remove_file(o);
+            }
             return Err(e);
         }
     };
     Ok(ConvertReport {
-        output: out.to_path_buf(),
+        output: first,
+        outputs,
         file_type: plan.file_type,
         file_size,
-        source_bytes,
+        source_bytes: stats.source_bytes,
         n_params: plan.n_params,
         tensors: plan
             .tensors
@@ -902,7 +831,7 @@ fn convert_inner(
         n_fallback: plan.n_fallback,
         wall_seconds,
         facts,
-        warnings,
+        warnings: stats.warnings,
     })
 }
 

@@ -1,5 +1,5 @@
-//! SHA-256 (FIPS 180-4), only to fingerprint pre-tokenizers the way convert_hf_to_gguf.py does.
-//! A few dozen lines here instead of a new dependency; checked against the FIPS test vectors.
+//! SHA-256 (FIPS 180-4): fingerprints pre-tokenizers the way convert_hf_to_gguf.py does, and tensor
+//! bytes in tests. A few dozen lines here instead of a new dependency; checked against FIPS vectors.
 
 const K: [u32; 64] = [
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
