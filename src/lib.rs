@@ -5,11 +5,13 @@
 pub use longquant_formats as formats;
 pub use longquant_quants as quants;
 
+pub mod chat_template;
 pub mod convert;
 pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod model;
+pub mod recall;
 pub mod tokenizer;
 
 /// An operation refused for safety: the output exists and `--force` was not given, the output
