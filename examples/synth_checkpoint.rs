@@ -350,7 +350,7 @@ fn write_json(path: &Path, v: &Value) -> Result<(), String> {
 
 /// The tokenizer files: Llama-3's tokenizer.json with the BOS post-processor Meta added after
 /// release (and ProLong ships), tokenizer_config.json as the Instruct model's.
-fn write_tokenizer(src: &Path, out: &Path) -> Result<(), String> {
+pub fn write_tokenizer(src: &Path, out: &Path) -> Result<(), String> {
     let read = |f: &str| -> Result<Value, String> {
         let p = src.join(f);
         let s = std::fs::read_to_string(&p).map_err(|e| format!("reading {}: {e}", p.display()))?;
