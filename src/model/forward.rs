@@ -12,11 +12,12 @@
 //! with an F16 KV cache, K and V are rounded to f16 and everything else stays f32, as in ggml's
 //! tiled flash-attention kernel (`ggml_compute_forward_flash_attn_ext_tiled`, which
 //! llama-perplexity uses on x86 for batches of at least `GGML_FA_TILE_Q` queries).
-use super::kernels::{dot_f32, ActCache};
+use super::kernels::ActCache;
 use super::weights::{DequantizedTensors, Weights};
 use super::{LlamaConfig, ModelError};
 use half::f16;
 use longquant_formats::gguf::GgufFile;
+use longquant_quants::simd::kernels;
 use rayon::prelude::*;
 
 /// How K and V are kept during attention.
@@ -55,45 +56,66 @@ pub struct Model<'a> {
     pub weights: Weights<'a>,
 }
 
+/// One layer's K or V rows (`n_embd_kv` values per position), in the cache type.
+#[derive(Debug)]
 enum KvBuf {
     F16(Vec<f16>),
     F32(Vec<f32>),
 }
 
 impl KvBuf {
-    fn new(t: KvType, len: usize) -> Self {
+    fn new(t: KvType) -> Self {
         match t {
-            KvType::F16 => KvBuf::F16(vec![f16::ZERO; len]),
-            KvType::F32 => KvBuf::F32(vec![0.0; len]),
+            KvType::F16 => KvBuf::F16(Vec::new()),
+            KvType::F32 => KvBuf::F32(Vec::new()),
         }
     }
 
-    /// Stores `src` starting at element `at`.
-    fn store(&mut self, at: usize, src: &[f32]) {
+    fn clear(&mut self) {
         match self {
-            KvBuf::F16(b) => b[at..at + src.len()]
-                .par_chunks_mut(4096)
-                .zip(src.par_chunks(4096))
-                .for_each(|(d, s)| {
-                    for (d, &s) in d.iter_mut().zip(s) {
-                        *d = f16::from_f32(s);
-                    }
-                }),
-            KvBuf::F32(b) => b[at..at + src.len()].copy_from_slice(src),
+            KvBuf::F16(b) => b.clear(),
+            KvBuf::F32(b) => b.clear(),
         }
     }
 
-    /// Copies `n` elements starting at `at` into `dst` as f32.
+    /// Appends `src` (rounded to f16 for an F16 cache, as ggml's `set_rows` into the cache does).
+    fn push(&mut self, src: &[f32]) {
+        match self {
+            KvBuf::F16(b) => {
+                let at = b.len();
+                b.resize(at + src.len(), f16::ZERO);
+                let conv = kernels().f32_to_f16_row;
+                b[at..]
+                    .par_chunks_mut(4096)
+                    .zip(src.par_chunks(4096))
+                    .for_each(|(d, s)| conv(s, d));
+            }
+            KvBuf::F32(b) => b.extend_from_slice(src),
+        }
+    }
+
+    /// Copies `dst.len()` elements starting at `at` into `dst` as f32.
     #[inline]
     fn load(&self, at: usize, dst: &mut [f32]) {
         match self {
-            KvBuf::F16(b) => {
-                let n = dst.len();
-                for (d, s) in dst.iter_mut().zip(&b[at..at + n]) {
-                    *d = s.to_f32();
-                }
-            }
+            KvBuf::F16(b) => (kernels().f16_to_f32_row)(&b[at..at + dst.len()], dst),
             KvBuf::F32(b) => dst.copy_from_slice(&b[at..at + dst.len()]),
+        }
+    }
+}
+
+/// K and V of one layer for every position evaluated so far.
+#[derive(Debug)]
+struct LayerKv {
+    k: KvBuf,
+    v: KvBuf,
+}
+
+impl LayerKv {
+    fn new(t: KvType) -> Self {
+        Self {
+            k: KvBuf::new(t),
+            v: KvBuf::new(t),
         }
     }
 }
@@ -109,6 +131,70 @@ fn rms_norm(x: &[f32], gain: &[f32], eps: f32, y: &mut [f32]) {
             *y = (x * scale) * g;
         }
     });
+}
+
+/// Options for [`Model::session`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SessionOptions {
+    /// K/V storage type of the cache.
+    pub kv_type: KvType,
+}
+
+/// Incremental decoding state: a K/V cache for every layer of every position fed so far.
+///
+/// [`Session::feed`] appends tokens (a whole prompt at once, then one token at a time, or any
+/// mix) and runs exactly the kernels [`Model::eval`] runs, so feeding a sequence in pieces
+/// gives the logits of evaluating it whole (up to the order of f32 sums in attention).
+#[derive(Debug)]
+pub struct Session<'m, 'a> {
+    model: &'m Model<'a>,
+    kv: Vec<LayerKv>,
+    len: usize,
+}
+
+impl Session<'_, '_> {
+    /// Positions in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been fed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `tokens` at positions `len()..len() + tokens.len()` and calls
+    /// `on_logits(pos, logits)` once, for the last of them (the distribution of the next token).
+    /// On error the session is unchanged.
+    pub fn feed(
+        &mut self,
+        tokens: &[u32],
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), ModelError> {
+        let last = (self.len + tokens.len()).saturating_sub(1);
+        self.feed_logits_from(tokens, last, on_logits)
+    }
+
+    /// Like [`Session::feed`], with logits for every new position `pos >= logits_from`
+    /// (absolute positions).
+    pub fn feed_logits_from(
+        &mut self,
+        tokens: &[u32],
+        logits_from: usize,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), ModelError> {
+        self.model.check_tokens(tokens, self.len)?;
+        self.model.run(
+            tokens,
+            self.len,
+            &mut self.kv,
+            false,
+            logits_from,
+            on_logits,
+        );
+        self.len += tokens.len();
+        Ok(())
+    }
 }
 
 impl<'a> Model<'a> {
@@ -161,10 +247,46 @@ impl<'a> Model<'a> {
         Ok(Self { config, weights })
     }
 
+    /// A new, empty incremental-decoding session over this model.
+    pub fn session(&self, opts: SessionOptions) -> Session<'_, 'a> {
+        Session {
+            model: self,
+            kv: (0..self.config.n_layer)
+                .map(|_| LayerKv::new(opts.kv_type))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Checks that `tokens` can be appended at position `p0`.
+    fn check_tokens(&self, tokens: &[u32], p0: usize) -> Result<(), ModelError> {
+        let cfg = &self.config;
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput);
+        }
+        let end = p0.saturating_add(tokens.len());
+        if end > cfg.context_length {
+            return Err(ModelError::ContextTooLong {
+                requested: end,
+                max: cfg.context_length,
+            });
+        }
+        for (i, &id) in tokens.iter().enumerate() {
+            if id as usize >= cfg.n_vocab {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    pos: p0 + i,
+                    n_vocab: cfg.n_vocab,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Evaluates `tokens` as one sequence at positions `0..n` from an empty state, then calls
     /// `on_logits(pos, logits)` in order for every position `pos >= logits_from` with that
     /// position's `n_vocab` logits (predicting token `pos + 1`). Logits are produced a few
-    /// positions at a time and not kept.
+    /// positions at a time and not kept; only one layer's K/V exist at a time.
     pub fn eval(
         &self,
         tokens: &[u32],
@@ -172,26 +294,26 @@ impl<'a> Model<'a> {
         opts: &EvalOptions,
         on_logits: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), ModelError> {
+        self.check_tokens(tokens, 0)?;
+        let mut kv = [LayerKv::new(opts.kv_type)];
+        self.run(tokens, 0, &mut kv, true, logits_from, on_logits);
+        Ok(())
+    }
+
+    /// The forward pass of `tokens` at positions `p0..p0 + n` (already checked). `kv` holds
+    /// one cache per layer with `p0` positions each, extended here; with `scratch`, `kv` is a
+    /// single buffer reused (cleared) by every layer and `p0` must be 0.
+    fn run(
+        &self,
+        tokens: &[u32],
+        p0: usize,
+        kv: &mut [LayerKv],
+        scratch: bool,
+        logits_from: usize,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) {
         let cfg = &self.config;
         let n = tokens.len();
-        if n == 0 {
-            return Err(ModelError::EmptyInput);
-        }
-        if n > cfg.context_length {
-            return Err(ModelError::ContextTooLong {
-                requested: n,
-                max: cfg.context_length,
-            });
-        }
-        for (pos, &id) in tokens.iter().enumerate() {
-            if id as usize >= cfg.n_vocab {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    pos,
-                    n_vocab: cfg.n_vocab,
-                });
-            }
-        }
         let d = cfg.n_embd;
         let dkv = cfg.n_embd_kv();
         let w = &self.weights;
@@ -204,10 +326,8 @@ impl<'a> Model<'a> {
                 w.token_embd.dequantize_row(id as usize, row);
             });
 
-        let rope = RopeTable::new(cfg, w.rope_freqs.as_deref(), n);
+        let rope = RopeTable::new(cfg, w.rope_freqs.as_deref(), p0, n);
         let mut q = vec![0.0f32; n * d];
-        let mut kbuf = KvBuf::new(opts.kv_type, n * dkv);
-        let mut vbuf = KvBuf::new(opts.kv_type, n * dkv);
         let tile = TOKEN_TILE.min(n);
         let mut xn = vec![0.0f32; tile * d];
         let mut kt = vec![0.0f32; tile * dkv];
@@ -216,7 +336,15 @@ impl<'a> Model<'a> {
         let mut g = vec![0.0f32; tile * cfg.n_ff];
         let mut u = vec![0.0f32; tile * cfg.n_ff];
 
-        for lw in &w.layers {
+        for (il, lw) in w.layers.iter().enumerate() {
+            let cache = if scratch {
+                let c = &mut kv[0];
+                c.k.clear();
+                c.v.clear();
+                c
+            } else {
+                &mut kv[il]
+            };
             // Q, K, V for every token, tile by tile.
             for t0 in (0..n).step_by(tile) {
                 let nt = tile.min(n - t0);
@@ -230,11 +358,11 @@ impl<'a> Model<'a> {
                 acts.matmul(&lw.wv, &mut vt[..nt * dkv]);
                 rope.apply(qs, t0, cfg.n_head, cfg.head_dim);
                 rope.apply(&mut kt[..nt * dkv], t0, cfg.n_head_kv, cfg.head_dim);
-                kbuf.store(t0 * dkv, &kt[..nt * dkv]);
-                vbuf.store(t0 * dkv, &vt[..nt * dkv]);
+                cache.k.push(&kt[..nt * dkv]);
+                cache.v.push(&vt[..nt * dkv]);
             }
             // Attention output overwrites the queries.
-            attention(&mut q, &kbuf, &vbuf, cfg);
+            attention(&mut q, p0, &cache.k, &cache.v, cfg);
             // Output projection, residual, FFN, residual — tile by tile.
             for t0 in (0..n).step_by(tile) {
                 let nt = tile.min(n - t0);
@@ -265,39 +393,40 @@ impl<'a> Model<'a> {
         }
 
         // Final norm and output head, a few positions at a time.
-        let mut logits = vec![0.0f32; LOGIT_TILE * cfg.n_vocab];
-        let mut xn = vec![0.0f32; LOGIT_TILE * d];
-        for p0 in (logits_from.min(n)..n).step_by(LOGIT_TILE) {
-            let np = LOGIT_TILE.min(n - p0);
+        let from = logits_from.max(p0).min(p0 + n) - p0;
+        let lt = LOGIT_TILE.min(n - from).max(1);
+        let mut logits = vec![0.0f32; lt * cfg.n_vocab];
+        let mut xn = vec![0.0f32; lt * d];
+        for r0 in (from..n).step_by(lt) {
+            let np = lt.min(n - r0);
             let xn = &mut xn[..np * d];
-            rms_norm(&x[p0 * d..(p0 + np) * d], &w.output_norm, cfg.rms_eps, xn);
+            rms_norm(&x[r0 * d..(r0 + np) * d], &w.output_norm, cfg.rms_eps, xn);
             let lg = &mut logits[..np * cfg.n_vocab];
             ActCache::new(xn, d).matmul(&w.output, lg);
             for (i, row) in lg.chunks(cfg.n_vocab).enumerate() {
-                on_logits(p0 + i, row);
+                on_logits(p0 + r0 + i, row);
             }
         }
-        Ok(())
     }
 }
 
 /// cos/sin of every rotated pair at every position, computed as ggml's `ggml_rope_cache_init`
 /// does for mode 0: θ starts at the position and is multiplied by `base^(-2/n_rot)` per pair;
-/// `rope_freqs` factors divide θ.
+/// `rope_freqs` factors divide θ. Row `r` of the table is position `p0 + r`.
 struct RopeTable {
     half: usize,
     cs: Vec<(f32, f32)>,
 }
 
 impl RopeTable {
-    fn new(cfg: &LlamaConfig, freqs: Option<&[f32]>, n: usize) -> Self {
+    fn new(cfg: &LlamaConfig, freqs: Option<&[f32]>, p0: usize, n: usize) -> Self {
         let half = cfg.n_rot / 2;
         let theta_scale = cfg.rope_freq_base.powf(-2.0 / cfg.n_rot as f32);
         let mut cs = vec![(0.0f32, 0.0f32); n * half];
         cs.par_chunks_mut(half.max(1))
             .enumerate()
-            .for_each(|(p, row)| {
-                let mut theta = p as f32;
+            .for_each(|(r, row)| {
+                let mut theta = (p0 + r) as f32;
                 for (i, c) in row.iter_mut().enumerate() {
                     let ff = freqs.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
                     let t = theta / ff;
@@ -309,8 +438,8 @@ impl RopeTable {
     }
 
     /// Rotates adjacent pairs (2i, 2i+1) of the first `n_rot` dims of every head of every row;
-    /// row `r` of `x` is position `p0 + r`.
-    fn apply(&self, x: &mut [f32], p0: usize, n_heads: usize, head_dim: usize) {
+    /// row `r` of `x` is table row `r0 + r`.
+    fn apply(&self, x: &mut [f32], r0: usize, n_heads: usize, head_dim: usize) {
         let half = self.half;
         if half == 0 {
             return;
@@ -318,7 +447,7 @@ impl RopeTable {
         x.par_chunks_mut(n_heads * head_dim)
             .enumerate()
             .for_each(|(r, row)| {
-                let cs = &self.cs[(p0 + r) * half..(p0 + r + 1) * half];
+                let cs = &self.cs[(r0 + r) * half..(r0 + r + 1) * half];
                 for head in row.chunks_mut(head_dim) {
                     for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
                         let (x0, x1) = (pair[0], pair[1]);
@@ -330,92 +459,155 @@ impl RopeTable {
     }
 }
 
-/// Causal grouped-query attention, in place: each row of `q` (n × n_head·head_dim) is replaced
-/// by its attention output. Tasks own blocks of [`BQ`] query rows; for each KV head, key/value
-/// blocks of [`BK`] rows are widened to f32 once and used by every query head of the group,
-/// with a running max and sum per query (online softmax), so memory stays O(BQ·BK) per task.
-fn attention(q: &mut [f32], k: &KvBuf, v: &KvBuf, cfg: &LlamaConfig) {
+/// Causal grouped-query attention, in place: row `i` of `q` (n × n_head·head_dim, position
+/// `p0 + i`) is replaced by its attention output over keys `0..=p0 + i` of `k`/`v`. Tasks own
+/// blocks of [`BQ`] query rows; for each KV head, key/value blocks of [`BK`] rows are widened
+/// to f32 once and used by every query head of the group, with a running max and sum per query
+/// (online softmax), so memory stays O(BQ·BK) per task.
+fn attention(q: &mut [f32], p0: usize, k: &KvBuf, v: &KvBuf, cfg: &LlamaConfig) {
+    let (hd, nh) = (cfg.head_dim, cfg.n_head);
+    let d = nh * hd;
+    let n = q.len() / d;
+    // Few queries (decoding): smaller blocks so both threads get work.
+    let threads = rayon::current_num_threads().max(1);
+    let bq = BQ.min(n.div_ceil(threads)).max(1);
+    #[cfg(target_arch = "x86_64")]
+    let use_avx2 =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    q.par_chunks_mut(bq * d).enumerate().for_each(|(bi, qblk)| {
+        let i0 = p0 + bi * bq;
+        #[cfg(target_arch = "x86_64")]
+        if use_avx2 {
+            // SAFETY: AVX2 and FMA were detected at run time just above.
+            unsafe { attention_block_avx2(qblk, i0, k, v, cfg) };
+            return;
+        }
+        attention_block(qblk, i0, k, v, cfg);
+    });
+}
+
+/// [`attention_block`] compiled for AVX2+FMA (the dot products and row updates vectorize to
+/// 8 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attention_block_avx2(
+    qblk: &mut [f32],
+    i0: usize,
+    k: &KvBuf,
+    v: &KvBuf,
+    cfg: &LlamaConfig,
+) {
+    attention_block(qblk, i0, k, v, cfg)
+}
+
+/// f32 dot product with eight independent partial sums (vectorizes; the accuracy ggml's SIMD
+/// `ggml_vec_dot_f32` has).
+#[inline(always)]
+fn dot8(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &y[..n]);
+    let mut acc = [0.0f32; 8];
+    let mut xc = x.chunks_exact(8);
+    let mut yc = y.chunks_exact(8);
+    for (a, b) in (&mut xc).zip(&mut yc) {
+        for k in 0..8 {
+            acc[k] += a[k] * b[k];
+        }
+    }
+    let mut s = 0.0f32;
+    for (a, b) in xc.remainder().iter().zip(yc.remainder()) {
+        s += a * b;
+    }
+    let t = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    s + (t[0] + t[2]) + (t[1] + t[3])
+}
+
+/// Attention for one block of query rows at positions `i0..i0 + rows`.
+#[inline(always)]
+fn attention_block(qblk: &mut [f32], i0: usize, k: &KvBuf, v: &KvBuf, cfg: &LlamaConfig) {
     let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
     let d = nh * hd;
     let dkv = nkv * hd;
     let group = nh / nkv;
     let scale = 1.0f32 / (hd as f32).sqrt();
-    q.par_chunks_mut(BQ * d).enumerate().for_each(|(bi, qblk)| {
-        let i0 = bi * BQ;
-        let nq = qblk.len() / d;
-        let kend = i0 + nq;
-        let mut kf = vec![0.0f32; BK * hd];
-        let mut vf = vec![0.0f32; BK * hd];
-        let mut qf = vec![0.0f32; group * nq * hd];
-        let mut acc = vec![0.0f32; group * nq * hd];
-        let mut m = vec![f32::NEG_INFINITY; group * nq];
-        let mut l = vec![0.0f32; group * nq];
-        let mut s = [0.0f32; BK];
-        for gk in 0..nkv {
-            // Gather this group's queries: qf[(h, qi)] = q[qi, (gk·group + h)].
-            for h in 0..group {
-                let head = gk * group + h;
-                for qi in 0..nq {
-                    let src = &qblk[qi * d + head * hd..qi * d + (head + 1) * hd];
-                    let dst = &mut qf[(h * nq + qi) * hd..(h * nq + qi + 1) * hd];
-                    dst.copy_from_slice(src);
-                }
+    let nq = qblk.len() / d;
+    let kend = i0 + nq;
+    let mut kf = vec![0.0f32; BK * hd];
+    let mut vf = vec![0.0f32; BK * hd];
+    let mut qf = vec![0.0f32; group * nq * hd];
+    let mut acc = vec![0.0f32; group * nq * hd];
+    let mut m = vec![f32::NEG_INFINITY; group * nq];
+    let mut l = vec![0.0f32; group * nq];
+    let mut s = [0.0f32; BK];
+    for gk in 0..nkv {
+        // Gather this group's queries: qf[(h, qi)] = q[qi, (gk·group + h)].
+        for h in 0..group {
+            let head = gk * group + h;
+            for qi in 0..nq {
+                let src = &qblk[qi * d + head * hd..qi * d + (head + 1) * hd];
+                let dst = &mut qf[(h * nq + qi) * hd..(h * nq + qi + 1) * hd];
+                dst.copy_from_slice(src);
             }
-            acc.fill(0.0);
-            m.fill(f32::NEG_INFINITY);
-            l.fill(0.0);
-            for j0 in (0..kend).step_by(BK) {
-                let jn = BK.min(kend - j0);
-                for j in 0..jn {
-                    let at = (j0 + j) * dkv + gk * hd;
-                    k.load(at, &mut kf[j * hd..(j + 1) * hd]);
-                    v.load(at, &mut vf[j * hd..(j + 1) * hd]);
-                }
-                for h in 0..group {
-                    for qi in 0..nq {
-                        let i = i0 + qi;
-                        if i < j0 {
-                            continue;
-                        }
-                        let lim = jn.min(i + 1 - j0);
-                        let qrow = &qf[(h * nq + qi) * hd..(h * nq + qi + 1) * hd];
-                        let mut mx = f32::NEG_INFINITY;
-                        for (j, sj) in s.iter_mut().enumerate().take(lim) {
-                            *sj = dot_f32(qrow, &kf[j * hd..(j + 1) * hd]) * scale;
-                            mx = mx.max(*sj);
-                        }
-                        let idx = h * nq + qi;
-                        let arow = &mut acc[idx * hd..(idx + 1) * hd];
-                        let m_new = m[idx].max(mx);
-                        if m_new > m[idx] {
-                            let c = (m[idx] - m_new).exp();
-                            l[idx] *= c;
-                            for a in arow.iter_mut() {
-                                *a *= c;
-                            }
-                            m[idx] = m_new;
-                        }
-                        for (j, &sj) in s.iter().enumerate().take(lim) {
-                            let p = (sj - m_new).exp();
-                            l[idx] += p;
-                            for (a, &vv) in arow.iter_mut().zip(&vf[j * hd..(j + 1) * hd]) {
-                                *a += p * vv;
-                            }
-                        }
+        }
+        acc.fill(0.0);
+        m.fill(f32::NEG_INFINITY);
+        l.fill(0.0);
+        for j0 in (0..kend).step_by(BK) {
+            let jn = BK.min(kend - j0);
+            for j in 0..jn {
+                let at = (j0 + j) * dkv + gk * hd;
+                k.load(at, &mut kf[j * hd..(j + 1) * hd]);
+                v.load(at, &mut vf[j * hd..(j + 1) * hd]);
+            }
+            for h in 0..group {
+                for qi in 0..nq {
+                    let i = i0 + qi;
+                    if i < j0 {
+                        continue;
                     }
-                }
-            }
-            for h in 0..group {
-                let head = gk * group + h;
-                for qi in 0..nq {
+                    let lim = jn.min(i + 1 - j0);
+                    let qrow = &qf[(h * nq + qi) * hd..(h * nq + qi + 1) * hd];
+                    let mut mx = f32::NEG_INFINITY;
+                    for (j, sj) in s.iter_mut().enumerate().take(lim) {
+                        *sj = dot8(qrow, &kf[j * hd..(j + 1) * hd]) * scale;
+                        mx = mx.max(*sj);
+                    }
                     let idx = h * nq + qi;
-                    let inv = 1.0 / l[idx];
-                    let dst = &mut qblk[qi * d + head * hd..qi * d + (head + 1) * hd];
-                    for (d, &a) in dst.iter_mut().zip(&acc[idx * hd..(idx + 1) * hd]) {
-                        *d = a * inv;
+                    let arow = &mut acc[idx * hd..(idx + 1) * hd];
+                    let m_new = m[idx].max(mx);
+                    if m_new > m[idx] {
+                        let c = (m[idx] - m_new).exp();
+                        l[idx] *= c;
+                        for a in arow.iter_mut() {
+                            *a *= c;
+                        }
+                        m[idx] = m_new;
+                    }
+                    for (j, &sj) in s.iter().enumerate().take(lim) {
+                        let p = (sj - m_new).exp();
+                        l[idx] += p;
+                        for (a, &vv) in arow.iter_mut().zip(&vf[j * hd..(j + 1) * hd]) {
+                            *a += p * vv;
+                        }
                     }
                 }
             }
         }
-    });
+        for h in 0..group {
+            let head = gk * group + h;
+            for qi in 0..nq {
+                let idx = h * nq + qi;
+                let inv = 1.0 / l[idx];
+                let dst = &mut qblk[qi * d + head * hd..qi * d + (head + 1) * hd];
+                for (d, &a) in dst.iter_mut().zip(&acc[idx * hd..(idx + 1) * hd]) {
+                    *d = a * inv;
+                }
+            }
+        }
+    }
 }

@@ -9,5 +9,5 @@ pub mod weights;
 
 pub use config::LlamaConfig;
 pub use error::ModelError;
-pub use forward::{EvalOptions, KvType, Model};
+pub use forward::{EvalOptions, KvType, Model, Session, SessionOptions};
 pub use weights::DequantizedTensors;

@@ -8,7 +8,8 @@ use half::{bf16, f16};
 use longquant_formats::gguf::{GgufFile, TensorInfo};
 use longquant_formats::GgmlType;
 use longquant_quants::block::{
-    cast_blocks, q4_0::BlockQ4_0, q4_1::BlockQ4_1, q4_k::BlockQ4K, q8_0::BlockQ8_0, Block,
+    cast_blocks, q4_0::BlockQ4_0, q4_1::BlockQ4_1, q4_k::BlockQ4K, q5_0::BlockQ5_0,
+    q5_1::BlockQ5_1, q5_k::BlockQ5K, q6_k::BlockQ6K, q8_0::BlockQ8_0, Block,
 };
 
 /// A weight matrix's data in its stored type, as a slice of blocks (rows back to back).
@@ -24,10 +25,18 @@ pub enum WeightData<'a> {
     Q4_0(&'a [BlockQ4_0]),
     /// Q4_1 blocks.
     Q4_1(&'a [BlockQ4_1]),
+    /// Q5_0 blocks.
+    Q5_0(&'a [BlockQ5_0]),
+    /// Q5_1 blocks.
+    Q5_1(&'a [BlockQ5_1]),
     /// Q8_0 blocks.
     Q8_0(&'a [BlockQ8_0]),
     /// Q4_K super-blocks.
     Q4K(&'a [BlockQ4K]),
+    /// Q5_K super-blocks.
+    Q5K(&'a [BlockQ5K]),
+    /// Q6_K super-blocks.
+    Q6K(&'a [BlockQ6K]),
 }
 
 /// A 2-D weight: `rows` output features of `cols` inputs each (GGUF dims `[cols, rows]`).
@@ -56,25 +65,33 @@ impl Weight<'_> {
             WeightData::BF16(_) => F::BF16,
             WeightData::Q4_0(_) => F::Q4_0,
             WeightData::Q4_1(_) => F::Q4_1,
+            WeightData::Q5_0(_) => F::Q5_0,
+            WeightData::Q5_1(_) => F::Q5_1,
             WeightData::Q8_0(_) => F::Q8_0,
             WeightData::Q4K(_) => F::Q4_K,
+            WeightData::Q5K(_) => F::Q5_K,
+            WeightData::Q6K(_) => F::Q6_K,
         }
     }
 
     /// Dequantizes row `r` into `out` (`out.len() == cols`). `r < rows` is the caller's
     /// invariant (token ids are range-checked before lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        use longquant_quants::block::{float, q4_0, q4_1, q4_k, q8_0};
+        let k = longquant_quants::simd::kernels();
         let bpr = self.blocks_per_row();
         let span = r * bpr..(r + 1) * bpr;
         match self.data {
             WeightData::F32(d) => out.copy_from_slice(&d[span]),
-            WeightData::F16(d) => float::f16_to_f32_row(&d[span], out),
-            WeightData::BF16(d) => float::bf16_to_f32_row(&d[span], out),
-            WeightData::Q4_0(d) => q4_0::dequantize_row_q4_0(&d[span], out),
-            WeightData::Q4_1(d) => q4_1::dequantize_row_q4_1(&d[span], out),
-            WeightData::Q8_0(d) => q8_0::dequantize_row_q8_0(&d[span], out),
-            WeightData::Q4K(d) => q4_k::dequantize_row_q4_k(&d[span], out),
+            WeightData::F16(d) => (k.f16_to_f32_row)(&d[span], out),
+            WeightData::BF16(d) => (k.bf16_to_f32_row)(&d[span], out),
+            WeightData::Q4_0(d) => (k.dequantize_row_q4_0)(&d[span], out),
+            WeightData::Q4_1(d) => (k.dequantize_row_q4_1)(&d[span], out),
+            WeightData::Q5_0(d) => (k.dequantize_row_q5_0)(&d[span], out),
+            WeightData::Q5_1(d) => (k.dequantize_row_q5_1)(&d[span], out),
+            WeightData::Q8_0(d) => (k.dequantize_row_q8_0)(&d[span], out),
+            WeightData::Q4K(d) => (k.dequantize_row_q4_k)(&d[span], out),
+            WeightData::Q5K(d) => (k.dequantize_row_q5_k)(&d[span], out),
+            WeightData::Q6K(d) => (k.dequantize_row_q6_k)(&d[span], out),
         }
     }
 }
@@ -198,8 +215,12 @@ fn matrix_from_file<'a>(
         GgmlType::BF16 => WeightData::BF16(cast(name, bytes)?),
         GgmlType::Q4_0 => WeightData::Q4_0(cast(name, bytes)?),
         GgmlType::Q4_1 => WeightData::Q4_1(cast(name, bytes)?),
+        GgmlType::Q5_0 => WeightData::Q5_0(cast(name, bytes)?),
+        GgmlType::Q5_1 => WeightData::Q5_1(cast(name, bytes)?),
         GgmlType::Q8_0 => WeightData::Q8_0(cast(name, bytes)?),
         GgmlType::Q4_K => WeightData::Q4K(cast(name, bytes)?),
+        GgmlType::Q5_K => WeightData::Q5K(cast(name, bytes)?),
+        GgmlType::Q6_K => WeightData::Q6K(cast(name, bytes)?),
         ty => {
             return Err(ModelError::UnsupportedType {
                 tensor: name.to_string(),

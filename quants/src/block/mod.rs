@@ -16,6 +16,7 @@ pub mod q5_1;
 pub mod q5_k;
 pub mod q6_k;
 pub mod q8_0;
+pub mod q8_1;
 pub mod q8_k;
 
 /// A plain-old-data block type whose bytes are exactly its GGUF encoding.

@@ -19,6 +19,7 @@
 
 mod dot;
 mod kquant;
+mod q8_1;
 mod rows;
 
 use half::{bf16, f16};
@@ -33,6 +34,7 @@ use crate::block::q5_1::BlockQ5_1;
 use crate::block::q5_k::BlockQ5K;
 use crate::block::q6_k::BlockQ6K;
 use crate::block::q8_0::BlockQ8_0;
+use crate::block::q8_1::BlockQ8_1;
 use crate::block::q8_k::BlockQ8K;
 
 /// The AVX2 table. Only `super::x86_64_avx2` may hand it out, and only after detecting AVX2,
@@ -57,6 +59,8 @@ pub(super) static KERNELS: Kernels = Kernels {
     quantize_row_q8_0,
     dequantize_row_q8_0,
     vec_dot_q8_0_q8_0,
+    vec_dot_q4_1_q8_1,
+    vec_dot_q5_1_q8_1,
     quantize_row_q8_k,
     dequantize_row_q8_k,
     quantize_row_q4_k,
@@ -105,6 +109,8 @@ wrap! {
     quantize_row_q8_0 = rows::quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]);
     dequantize_row_q8_0 = rows::dequantize_row_q8_0(x: &[BlockQ8_0], y: &mut [f32]);
     vec_dot_q8_0_q8_0 = dot::vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32;
+    vec_dot_q4_1_q8_1 = q8_1::vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32;
+    vec_dot_q5_1_q8_1 = q8_1::vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32;
     quantize_row_q8_k = rows::quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]);
     dequantize_row_q8_k = rows::dequantize_row_q8_k(x: &[BlockQ8K], y: &mut [f32]);
     quantize_row_q4_k = kquant::quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]);

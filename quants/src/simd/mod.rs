@@ -30,6 +30,7 @@ use crate::block::q5_1::BlockQ5_1;
 use crate::block::q5_k::BlockQ5K;
 use crate::block::q6_k::BlockQ6K;
 use crate::block::q8_0::BlockQ8_0;
+use crate::block::q8_1::BlockQ8_1;
 use crate::block::q8_k::BlockQ8K;
 
 #[cfg(target_arch = "x86_64")]
@@ -113,6 +114,13 @@ pub struct Kernels {
     pub dequantize_row_q8_0: DequantizeFn<BlockQ8_0>,
     /// Q8_0 · Q8_0.
     pub vec_dot_q8_0_q8_0: VecDotFn<BlockQ8_0, BlockQ8_0>,
+
+    /// Q8_1 activation quantizer (ggml's x86 `quantize_row_q8_1`; not a file format).
+    pub quantize_row_q8_1: QuantizeFn<BlockQ8_1>,
+    /// Q4_1 · Q8_1, ggml's pairing for Q4_1 weights (exact llama.cpp agreement).
+    pub vec_dot_q4_1_q8_1: VecDotFn<BlockQ4_1, BlockQ8_1>,
+    /// Q5_1 · Q8_1, ggml's pairing for Q5_1 weights.
+    pub vec_dot_q5_1_q8_1: VecDotFn<BlockQ5_1, BlockQ8_1>,
 
     /// Q8_K activation quantizer.
     pub quantize_row_q8_k: QuantizeFn<BlockQ8K>,

@@ -1,7 +1,7 @@
 //! The portable table: every entry is the scalar reference from [`crate::block`].
 
 use super::Kernels;
-use crate::block::{float, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_k};
+use crate::block::{float, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 
 /// Scalar reference kernels. A SIMD table starts from this one with struct-update syntax
 /// (`Kernels { name: "avx2", quantize_row_q8_0: ..., ..SCALAR }`) so an entry it does not
@@ -40,6 +40,10 @@ pub const SCALAR: Kernels = Kernels {
     quantize_row_q8_0: q8_0::quantize_row_q8_0_ref,
     dequantize_row_q8_0: q8_0::dequantize_row_q8_0,
     vec_dot_q8_0_q8_0: q8_0::vec_dot_q8_0_q8_0_ref,
+
+    quantize_row_q8_1: q8_1::quantize_row_q8_1,
+    vec_dot_q4_1_q8_1: q8_1::vec_dot_q4_1_q8_1_ref,
+    vec_dot_q5_1_q8_1: q8_1::vec_dot_q5_1_q8_1_ref,
 
     quantize_row_q8_k: q8_k::quantize_row_q8_k_ref,
     dequantize_row_q8_k: q8_k::dequantize_row_q8_k,
