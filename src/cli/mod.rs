@@ -9,6 +9,7 @@ mod export_hf;
 mod inspect;
 mod logits;
 mod perplexity;
+mod sweep;
 mod quantize;
 
 /// Convert Hugging Face Llama checkpoints to GGUF, quantize them, and prove the result is still good.
@@ -39,6 +40,8 @@ enum Command {
     Logits(logits::Args),
     /// KL divergence and agreement of a model against a base model (llama.cpp's --kl-divergence statistics), in lockstep.
     Compare(compare::Args),
+    /// Make several quantization levels, compare each with the unquantized reference, tabulate, plot and recommend.
+    Sweep(sweep::Args),
 }
 
 /// Exit codes: distinct for bad input, I/O failure and refusals for safety, so scripts can tell them apart.
@@ -60,6 +63,7 @@ pub fn main() -> ExitCode {
         Command::Perplexity(a) => perplexity::run(a, cli.json),
         Command::Logits(a) => logits::run(a, cli.json),
         Command::Compare(a) => compare::run(a, cli.json),
+        Command::Sweep(a) => sweep::run(a, cli.json),
         Command::ExportHf(a) => export_hf::run(a, cli.json),
     };
     match result {

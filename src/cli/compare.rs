@@ -1,0 +1,341 @@
+//! `longquant compare --base BASE.gguf --model Q.gguf --file TEXT [--ctx N] [--chunks K]
+//! [--threads T] [--save-base FILE] [--base-results FILE] [--json]`.
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use longquant::eval::kld::{
+    check_same_vocab, compare_models, compare_with_saved, tokenize, vocab_fingerprint,
+    BaseResultsReader, BaseResultsWriter, CompareOptions, Estimate, KldReport, KldSnapshot,
+    Percentiles, DEFAULT_TOP_K,
+};
+use longquant::formats::gguf::GgufFile;
+use longquant::model::{EvalOptions, KvType, Model};
+use longquant::tokenizer::GgufTokenizer;
+use serde_json::{json, Value};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The reference (unquantized) GGUF.
+    #[arg(long, required_unless_present = "base_results")]
+    base: Option<PathBuf>,
+    /// The GGUF to judge.
+    #[arg(long)]
+    model: PathBuf,
+    /// UTF-8 text to score (not needed with --base-results, which stores the tokens).
+    #[arg(long, short = 'f', required_unless_present = "base_results")]
+    file: Option<PathBuf>,
+    /// Tokens per chunk (llama-perplexity's -c; default 512, or the context of --base-results).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Evaluate at most this many chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    /// K/V precision: f16 (llama.cpp's default) or f32.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    kv_type: String,
+    /// Also save the base's compact per-position results (top-k log-probs) to FILE.
+    #[arg(long, conflicts_with = "base_results")]
+    save_base: Option<PathBuf>,
+    /// Top log-probs per position kept by --save-base.
+    #[arg(long, default_value_t = DEFAULT_TOP_K)]
+    top_k: usize,
+    /// Use base results saved by --save-base instead of running --base (KLD then approximate, bounds reported).
+    #[arg(long, conflicts_with = "base")]
+    base_results: Option<PathBuf>,
+}
+
+/// Sets the size of rayon's global pool: the forward passes run on plain threads (see
+/// `eval::kld`), whose parallel kernels use the global pool.
+pub fn init_threads(threads: Option<usize>) {
+    if let Some(t) = threads {
+        // Fails only if the pool was already built, in which case its size stands.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global();
+    }
+}
+
+pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
+    init_threads(a.threads);
+    let opts = CompareOptions {
+        n_ctx: a.ctx.unwrap_or(512),
+        max_chunks: a.chunks,
+        eval: EvalOptions {
+            kv_type: if a.kv_type == "f32" {
+                KvType::F32
+            } else {
+                KvType::F16
+            },
+        },
+    };
+    let qfile =
+        GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
+    let model =
+        Model::load(&qfile).with_context(|| format!("loading model {}", a.model.display()))?;
+
+    let bar = ProgressBar::new(0);
+    if json_out || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} chunk {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut progress = |done: usize, total: usize, s: &KldSnapshot| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(format!(
+            "PPL(Q) {:.4}  KLD {:.5}  same top {:.2}%",
+            s.ppl_model, s.kld, s.same_top_p
+        ));
+    };
+
+    let (report, base_name) = if let Some(saved) = &a.base_results {
+        let mut reader = BaseResultsReader::open(saved)
+            .with_context(|| format!("reading base results {}", saved.display()))?;
+        let mut o = opts;
+        o.n_ctx = reader.header.n_ctx as usize;
+        if let Some(c) = a.ctx.filter(|&c| c != o.n_ctx) {
+            bail!(
+                "--ctx {} differs from the context {} of {}",
+                c,
+                o.n_ctx,
+                saved.display()
+            );
+        }
+        let r = compare_with_saved(
+            &mut reader,
+            &model,
+            vocab_fingerprint(qfile.metadata()),
+            &o,
+            &mut progress,
+        )
+        .with_context(|| format!("comparing {} with {}", a.model.display(), saved.display()))?;
+        (r, saved.display().to_string())
+    } else {
+        let (Some(base_path), Some(text_path)) = (&a.base, &a.file) else {
+            bail!("--base and --file are required without --base-results");
+        };
+        let bfile = GgufFile::open(base_path)
+            .with_context(|| format!("opening {}", base_path.display()))?;
+        check_same_vocab(&bfile, &qfile)
+            .with_context(|| format!("{} vs {}", base_path.display(), a.model.display()))?;
+        let base = Model::load(&bfile)
+            .with_context(|| format!("loading model {}", base_path.display()))?;
+        let tok = GgufTokenizer::from_gguf(&bfile)
+            .with_context(|| format!("building the tokenizer of {}", base_path.display()))?;
+        let text = std::fs::read_to_string(text_path)
+            .with_context(|| format!("reading {}", text_path.display()))?;
+        let (tokens, bos) = tokenize(&tok, &text)?;
+        let mut writer = match &a.save_base {
+            Some(p) => Some(
+                BaseResultsWriter::create(
+                    p,
+                    a.top_k,
+                    vocab_fingerprint(bfile.metadata()).unwrap_or(0),
+                )
+                .with_context(|| format!("creating {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let r = compare_models(
+            &base,
+            &model,
+            &tokens,
+            bos,
+            &opts,
+            writer.as_mut(),
+            &mut progress,
+        )
+        .with_context(|| {
+            format!(
+                "comparing {} with {} on {}",
+                a.model.display(),
+                base_path.display(),
+                text_path.display()
+            )
+        })?;
+        (r, base_path.display().to_string())
+    };
+    bar.finish_and_clear();
+
+    if json_out {
+        let mut doc = report_json(&report);
+        if let Value::Object(m) = &mut doc {
+            m.insert("model".into(), json!(a.model.display().to_string()));
+            m.insert("base".into(), json!(base_name));
+            m.insert("kv_type".into(), json!(a.kv_type));
+            m.insert("threads".into(), json!(rayon::current_num_threads()));
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn est(e: &Estimate) -> Value {
+    json!({ "value": e.value, "stderr": e.stderr })
+}
+
+fn pct_json(p: &Percentiles) -> Value {
+    json!({
+        "max": p.max, "p99_9": p.p99_9, "p99": p.p99, "p95": p.p95, "p90": p.p90,
+        "median": p.median, "p10": p.p10, "p5": p.p5, "p1": p.p1, "p0_1": p.p0_1, "min": p.min,
+    })
+}
+
+/// The JSON document of a comparison (also embedded in `sweep --json`).
+pub fn report_json(r: &KldReport) -> Value {
+    json!({
+        "n_ctx": r.n_ctx,
+        "n_chunks": r.n_chunks,
+        "n_tokens_scored": r.n_tokens_scored,
+        "ppl_model": r.ppl_model.value,
+        "ppl_model_stderr": r.ppl_model.stderr,
+        "ppl_base": r.ppl_base.value,
+        "ppl_base_stderr": r.ppl_base.stderr,
+        "ln_ppl_correlation": r.ln_ppl_correlation,
+        "ln_ppl_ratio": est(&r.ln_ppl_ratio),
+        "ppl_ratio": est(&r.ppl_ratio),
+        "ppl_diff": est(&r.ppl_diff),
+        "kld_mean": r.kld.value,
+        "kld_stderr": r.kld.stderr,
+        "kld_p99": r.kld_percentiles.p99,
+        "kld_percentiles": pct_json(&r.kld_percentiles),
+        "same_top_p": r.same_top_p.value,
+        "same_top_p_stderr": r.same_top_p.stderr,
+        "mean_dp": r.mean_dp.value,
+        "mean_dp_stderr": r.mean_dp.stderr,
+        "rms_dp": r.rms_dp.value,
+        "rms_dp_stderr": r.rms_dp.stderr,
+        "max_abs_dp": r.max_abs_dp,
+        "dp_percentiles": pct_json(&r.dp_percentiles),
+        "by_position": r.by_position.iter().map(|b| json!({
+            "start": b.start,
+            "end": if b.end == usize::MAX { Value::Null } else { json!(b.end) },
+            "n_tokens": b.n_tokens,
+            "kld_mean": b.kld.value,
+            "kld_stderr": b.kld.stderr,
+            "same_top_p": b.same_top_p,
+            "ppl_model": b.ppl_model,
+            "ppl_base": b.ppl_base,
+        })).collect::<Vec<_>>(),
+        "chunk_kld": r.chunk_kld,
+        "approximate": r.approx.as_ref().map(|a| json!({
+            "top_k": a.top_k,
+            "tail_mass_mean": a.tail_mass_mean,
+            "kld_lower_mean": a.kld_lower_mean,
+            "kld_upper_mean": a.kld_upper_mean,
+            "kld_sampling_stderr": a.kld_sampling_stderr,
+            "note": "KLD exact over the top k; the tail's share is an unbiased estimate from k tokens sampled from the base's tail (error kld_sampling_stderr); the exact mean KLD lies in [kld_lower_mean, kld_upper_mean]",
+        })),
+        "seconds": r.seconds,
+    })
+}
+
+fn print_report(r: &KldReport) {
+    println!(
+        "{} chunks of {} tokens, {} positions scored, {:.1} s",
+        r.n_chunks, r.n_ctx, r.n_tokens_scored, r.seconds
+    );
+    println!("====== Perplexity statistics ======");
+    println!(
+        "Mean PPL(Q)                   : {:10.6} ± {:10.6}",
+        r.ppl_model.value, r.ppl_model.stderr
+    );
+    println!(
+        "Mean PPL(base)                : {:10.6} ± {:10.6}",
+        r.ppl_base.value, r.ppl_base.stderr
+    );
+    println!(
+        "Cor(ln(PPL(Q)), ln(PPL(base))): {:6.2}%",
+        100.0 * r.ln_ppl_correlation
+    );
+    println!(
+        "Mean ln(PPL(Q)/PPL(base))     : {:10.6} ± {:10.6}",
+        r.ln_ppl_ratio.value, r.ln_ppl_ratio.stderr
+    );
+    println!(
+        "Mean PPL(Q)/PPL(base)         : {:10.6} ± {:10.6}",
+        r.ppl_ratio.value, r.ppl_ratio.stderr
+    );
+    println!(
+        "Mean PPL(Q)-PPL(base)         : {:10.6} ± {:10.6}",
+        r.ppl_diff.value, r.ppl_diff.stderr
+    );
+    println!();
+    println!("====== KL divergence statistics ======");
+    println!("Mean    KLD: {:10.6} ± {:10.6}", r.kld.value, r.kld.stderr);
+    let p = &r.kld_percentiles;
+    for (name, v) in [
+        ("Maximum KLD", p.max),
+        ("99.9%   KLD", p.p99_9),
+        ("99.0%   KLD", p.p99),
+        ("95.0%   KLD", p.p95),
+        ("90.0%   KLD", p.p90),
+        ("Median  KLD", p.median),
+        ("10.0%   KLD", p.p10),
+        (" 5.0%   KLD", p.p5),
+        (" 1.0%   KLD", p.p1),
+        (" 0.1%   KLD", p.p0_1),
+        ("Minimum KLD", p.min),
+    ] {
+        println!("{name}: {v:10.6}");
+    }
+    if let Some(a) = &r.approx {
+        println!(
+            "(against saved top-{} base results: mean tail mass {:.4}; the tail's KLD is sampled, adding ± {:.6}; bounds [{:.6}, {:.6}])",
+            a.top_k, a.tail_mass_mean, a.kld_sampling_stderr, a.kld_lower_mean, a.kld_upper_mean
+        );
+    }
+    println!();
+    println!("====== Token probability statistics ======");
+    println!(
+        "Mean    Δp: {:6.3} ± {:5.3} %",
+        r.mean_dp.value, r.mean_dp.stderr
+    );
+    let d = &r.dp_percentiles;
+    for (name, v) in [
+        ("Maximum Δp", d.max),
+        ("99.9%   Δp", d.p99_9),
+        ("99.0%   Δp", d.p99),
+        ("95.0%   Δp", d.p95),
+        ("90.0%   Δp", d.p90),
+        ("Median  Δp", d.median),
+        ("10.0%   Δp", d.p10),
+        (" 5.0%   Δp", d.p5),
+        (" 1.0%   Δp", d.p1),
+        (" 0.1%   Δp", d.p0_1),
+        ("Minimum Δp", d.min),
+    ] {
+        println!("{name}: {v:6.3}%");
+    }
+    println!(
+        "RMS Δp    : {:6.3} ± {:5.3} %",
+        r.rms_dp.value, r.rms_dp.stderr
+    );
+    println!(
+        "Same top p: {:6.3} ± {:5.3} %",
+        r.same_top_p.value, r.same_top_p.stderr
+    );
+    println!();
+    println!("====== By position ======");
+    for b in &r.by_position {
+        let end = if b.end == usize::MAX {
+            "∞".to_string()
+        } else {
+            b.end.to_string()
+        };
+        println!(
+            "positions [{}, {end}): {:>8} tokens  KLD {:.6} ± {:.6}  same top p {:6.3}%  PPL(Q) {:.4}  PPL(base) {:.4}",
+            b.start, b.n_tokens, b.kld.value, b.kld.stderr, b.same_top_p, b.ppl_model, b.ppl_base
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! `longquant sweep SRC --file TEXT [--types ...] [--ctx N] [--chunks K] [--threads T]
+//! [--imatrix FILE] [--max-size SIZE | --max-kld X] [--plot sweep.svg] [--json]`.
+use anyhow::{bail, Context};
+use longquant::convert::mix::FileType;
+use longquant::eval::kld::DEFAULT_TOP_K;
+use longquant::eval::plot::sweep_svg;
+use longquant::eval::sweep::{
+    default_compare, sweep, Bound, SweepOptions, SweepReport, DEFAULT_TYPES,
+};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A Hugging Face folder, or an F32/F16/BF16 GGUF.
+    src: PathBuf,
+    /// UTF-8 text to score.
+    #[arg(long, short = 'f')]
+    file: PathBuf,
+    /// Comma-separated levels.
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Evaluate at most this many chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't')]
+    threads: Option<usize>,
+    /// Importance matrix for the quantizer.
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// Recommend the lowest-KLD level of at most this size (e.g. 5GiB, 700MB).
+    #[arg(long, conflicts_with = "max_kld")]
+    max_size: Option<String>,
+    /// Recommend the smallest level whose mean KLD is at most this.
+    #[arg(long)]
+    max_kld: Option<f64>,
+    /// Write an SVG plot of size against KLD.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Top log-probs (and tail samples) kept per position for the reference.
+    #[arg(long, default_value_t = DEFAULT_TOP_K)]
+    top_k: usize,
+    /// Folder for the temporary files (default: the system's temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
+    super::compare::init_threads(a.threads);
+    let types = if a.types.is_empty() {
+        DEFAULT_TYPES.to_vec()
+    } else {
+        a.types
+            .iter()
+            .map(|t| {
+                FileType::from_name(t.trim())
+                    .filter(|f| f.is_quantized())
+                    .with_context(|| format!("unknown or unquantized level `{}`", t.escape_debug()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let bound = match (&a.max_size, a.max_kld) {
+        (Some(s), _) => Some(Bound::MaxSize(
+            longquant::export::parse_size(s).with_context(|| format!("--max-size {s}"))?,
+        )),
+        (None, Some(k)) if k.is_finite() && k >= 0.0 => Some(Bound::MaxKld(k)),
+        (None, Some(k)) => bail!("--max-kld must be a non-negative number, not {k}"),
+        (None, None) => None,
+    };
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
+    let opts = SweepOptions {
+        types,
+        compare: default_compare(a.ctx, a.chunks),
+        threads: a.threads,
+        imatrix: a.imatrix.clone(),
+        bound,
+        top_k: a.top_k,
+        work_dir: a.work_dir.clone(),
+    };
+    let quiet = json_out;
+    let report = sweep(&a.src, &text, &opts, &mut |msg| {
+        if !quiet {
+            eprintln!("{msg}");
+        }
+    })
+    .with_context(|| format!("sweeping {}", a.src.display()))?;
+
+    if let Some(p) = &a.plot {
+        let title = format!(
+            "{}: size vs KL divergence ({} ctx, {} chunks)",
+            a.src.file_name().unwrap_or_default().to_string_lossy(),
+            a.ctx,
+            report.rows.first().map_or(0, |r| r.report.n_chunks)
+        );
+        std::fs::write(p, sweep_svg(&report, &title))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&sweep_json(&report))?);
+    } else {
+        print!("{}", sweep_table(&report));
+    }
+    Ok(())
+}
+
+/// The JSON document of a sweep: one object per row with the table's columns, plus each row's
+/// full comparison.
+pub fn sweep_json(r: &SweepReport) -> Value {
+    json!({
+        "reference": {
+            "type": r.reference_type,
+            "size_bytes": r.reference_bytes,
+            "ppl": r.reference_ppl,
+            "seconds": r.reference_seconds,
+        },
+        "rows": r.rows.iter().map(|row| json!({
+            "type": row.file_type.name(),
+            "size_bytes": row.size_bytes,
+            "gib": row.gib(),
+            "bits_per_weight": row.bits_per_weight,
+            "ppl": row.report.ppl_model.value,
+            "delta_ppl": row.report.ppl_diff.value,
+            "kld_mean": row.report.kld.value,
+            "kld_p99": row.report.kld_percentiles.p99,
+            "same_top_p": row.report.same_top_p.value,
+            "long_kld": row.long_kld(),
+            "quantize_seconds": row.quantize_seconds,
+            "pareto": row.pareto,
+            "compare": super::compare::report_json(&row.report),
+        })).collect::<Vec<_>>(),
+        "bound": match r.bound {
+            Some(Bound::MaxSize(s)) => json!({"max_size_bytes": s}),
+            Some(Bound::MaxKld(k)) => json!({"max_kld": k}),
+            None => Value::Null,
+        },
+        "recommended": r.recommended.and_then(|i| r.rows.get(i)).map(|row| row.file_type.name()),
+        "seconds": r.seconds,
+    })
+}
+
+/// The human table (same numbers as the JSON, rounded for display).
+pub fn sweep_table(r: &SweepReport) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "reference: {} ({:.4} GiB), PPL {:.4}, evaluated in {:.1} s\n",
+        r.reference_type,
+        r.reference_bytes as f64 / (1u64 << 30) as f64,
+        r.reference_ppl,
+        r.reference_seconds
+    ));
+    o.push_str(&format!(
+        "{:<8} {:>9} {:>6} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>8}  \n",
+        "type", "GiB", "bpw", "PPL", "ΔPPL", "KLD", "99% KLD", "same top", "long KLD", "quant s"
+    ));
+    for (i, row) in r.rows.iter().enumerate() {
+        let mark = match (row.pareto, r.recommended == Some(i)) {
+            (true, true) => "* <= recommended",
+            (true, false) => "*",
+            (false, true) => "<= recommended",
+            (false, false) => "",
+        };
+        o.push_str(&format!(
+            "{:<8} {:>9.4} {:>6.2} {:>10.4} {:>+9.4} {:>10.6} {:>10.6} {:>8.2}% {:>10.6} {:>8.1}  {mark}\n",
+            row.file_type.name(),
+            row.gib(),
+            row.bits_per_weight,
+            row.report.ppl_model.value,
+            row.report.ppl_diff.value,
+            row.report.kld.value,
+            row.report.kld_percentiles.p99,
+            row.report.same_top_p.value,
+            row.long_kld(),
+            row.quantize_seconds,
+        ));
+    }
+    o.push_str("* = on the size/KLD Pareto front\n");
+    match (r.bound, r.recommended) {
+        (Some(_), Some(i)) => {
+            if let Some(row) = r.rows.get(i) {
+                o.push_str(&format!("recommended: {}\n", row.file_type.name()));
+            }
+        }
+        (Some(_), None) => o.push_str("recommended: none of the levels meets the bound\n"),
+        (None, _) => {}
+    }
+    o.push_str(&format!("total {:.1} s\n", r.seconds));
+    o
+}
