@@ -10,6 +10,11 @@ pub struct Args {
     /// List every tensor: name, shape, type, bytes and offset (GGUF) or shard (safetensors).
     #[arg(long)]
     tensors: bool,
+    /// For a GGUF: set what carries long-context ability (context length, rope theta and scaling,
+    /// head counts, pre-tokenizer, special ids) beside this Hugging Face folder's config and
+    /// tokenizer files; any mismatch is an error.
+    #[arg(long, value_name = "HF_DIR")]
+    check_against: Option<PathBuf>,
 }
 
 pub fn run(a: Args, json: bool) -> anyhow::Result<()> {
@@ -22,10 +27,63 @@ pub fn run(a: Args, json: bool) -> anyhow::Result<()> {
             other => anyhow::Error::new(other),
         })
         .with_context(|| format!("inspecting {}", a.path.display()))?;
+    let Some(hf) = a.check_against.as_ref() else {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            print!("{}", render(&doc));
+        }
+        return Ok(());
+    };
+    let facts = longquant::convert::pipeline::check_against(&a.path, hf)
+        .map_err(|e| match e {
+            longquant::convert::ConvertError::Format(f) => anyhow::Error::new(f),
+            other => anyhow::Error::new(other),
+        })
+        .with_context(|| format!("checking {} against {}", a.path.display(), hf.display()))?;
+    let bad: Vec<&str> = facts
+        .iter()
+        .filter(|f| f.checked() && f.gguf != f.source)
+        .map(|f| f.what)
+        .collect();
     if json {
+        let mut doc = doc;
+        if let Some(o) = doc.as_object_mut() {
+            o.insert(
+                "check_against".into(),
+                serde_json::json!({
+                    "dir": hf,
+                    "ok": bad.is_empty(),
+                    "facts": facts.iter().map(|f| serde_json::json!({
+                        "what": f.what, "gguf": f.gguf, "hf": f.source,
+                        "agree": !f.checked() || f.gguf == f.source})).collect::<Vec<_>>(),
+                }),
+            );
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", render(&doc));
+        println!();
+        println!(
+            "{:<28} {:<28} {:<28}",
+            "long-context fact", "in the GGUF", "in HF_DIR"
+        );
+        for f in &facts {
+            let mark = if f.checked() && f.gguf != f.source {
+                "  <- MISMATCH"
+            } else {
+                ""
+            };
+            println!("{:<28} {:<28} {:<28}{mark}", f.what, f.gguf, f.source);
+        }
+    }
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "{} disagrees with {}: {}",
+            a.path.display(),
+            hf.display(),
+            bad.join(", ")
+        );
     }
     Ok(())
 }

@@ -851,9 +851,63 @@ fn show(v: Option<&Value>) -> String {
 /// Read the written file back and set what carries long-context ability beside config.json.
 /// A disagreement is an error: the file would silently lose its long-context behaviour.
 pub fn verify_facts(out: &Path, plan: &Plan) -> Result<Vec<Fact>, ConvertError> {
+    let facts = facts_against(out, &plan.src_dir, &plan.config, &plan.vocab)?;
+    if let Some(bad) = facts.iter().find(|f| f.checked() && f.gguf != f.source) {
+        return Err(ConvertError::Verify(format!(
+            "{}: file has {}, config has {}",
+            bad.what, bad.gguf, bad.source
+        )));
+    }
+    Ok(facts)
+}
+
+/// `longquant inspect --check-against HF_DIR`: the long-context facts of a GGUF (or the first file
+/// of a split set) beside what the checkpoint folder's config.json and tokenizer files say. The
+/// caller treats any [`Fact::checked`] disagreement as an error.
+pub fn check_against(gguf: &Path, hf_dir: &Path) -> Result<Vec<Fact>, ConvertError> {
+    let cfg_path = hf_dir.join("config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|source| ConvertError::Io {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let config = LlamaConfig::from_json_str(&cfg_text).map_err(|source| ConvertError::Config {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    // The pre-tokenizer as recorded in the file, when the folder's tokenizer is not one we detect.
+    let vocab = match load_vocab(hf_dir, &config, None) {
+        Ok(v) => v,
+        Err(TokenizerError::UnknownPre { .. }) => {
+            let f = GgufFile::open(gguf)?;
+            let pre = f
+                .metadata()
+                .get("tokenizer.ggml.pre")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            load_vocab(hf_dir, &config, pre.as_deref())?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    facts_against(gguf, hf_dir, &config, &vocab)
+}
+
+impl Fact {
+    /// Whether a disagreement is an error (the generation_config eos list is informational:
+    /// GGUF has one eos id).
+    pub fn checked(&self) -> bool {
+        self.what != "generation_config eos ids"
+    }
+}
+
+/// Every long-context fact of the GGUF at `out`, beside the checkpoint's values.
+fn facts_against(
+    out: &Path,
+    src_dir: &Path,
+    c: &LlamaConfig,
+    vocab: &Vocab,
+) -> Result<Vec<Fact>, ConvertError> {
     let f = GgufFile::open(out)?;
     let md = f.metadata();
-    let c = &plan.config;
     let opt = |x: Option<u64>| x.map_or("(absent)".to_string(), |v| v.to_string());
     let scaling = match c.rope_scaling {
         RopeScaling::None => "none".to_string(),
@@ -880,7 +934,7 @@ pub fn verify_facts(out: &Path, plan: &Plan) -> Result<Vec<Fact>, ConvertError> 
         (_, Some(_)) => scaling.clone(),
         _ => "none".to_string(),
     };
-    let gen_eos = super::tokenizer::read_generation_eos(&plan.src_dir).unwrap_or_default();
+    let gen_eos = super::tokenizer::read_generation_eos(src_dir).unwrap_or_default();
     let facts = vec![
         Fact {
             what: "context length",
@@ -917,33 +971,26 @@ pub fn verify_facts(out: &Path, plan: &Plan) -> Result<Vec<Fact>, ConvertError> 
         Fact {
             what: "pre-tokenizer",
             gguf: show(md.get("tokenizer.ggml.pre")),
-            source: plan.vocab.pre.clone(),
+            source: vocab.pre.clone(),
         },
         Fact {
             what: "bos id",
             gguf: show(md.get("tokenizer.ggml.bos_token_id")),
-            source: opt(plan.vocab.special_id("bos").map(u64::from)),
+            source: opt(vocab.special_id("bos").map(u64::from)),
         },
         Fact {
             what: "eos id",
             gguf: show(md.get("tokenizer.ggml.eos_token_id")),
-            source: opt(plan.vocab.special_id("eos").map(u64::from)),
+            source: opt(vocab.special_id("eos").map(u64::from)),
         },
         Fact {
             what: "add bos",
             gguf: show(md.get("tokenizer.ggml.add_bos_token")),
-            source: plan
-                .vocab
+            source: vocab
                 .add_special("bos")
                 .map_or("(absent)".into(), |b| b.to_string()),
         },
     ];
-    if let Some(bad) = facts.iter().find(|f| f.gguf != f.source) {
-        return Err(ConvertError::Verify(format!(
-            "{}: file has {}, config has {}",
-            bad.what, bad.gguf, bad.source
-        )));
-    }
     let mut facts = facts;
     if !gen_eos.is_empty() {
         facts.push(Fact {
