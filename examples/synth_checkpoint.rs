@@ -214,7 +214,7 @@ fn channel_scales(seed: u64, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| {
             let r = rng.next();
-            if r % 256 == 0 {
+            if r.is_multiple_of(256) {
                 3.0 + ((r >> 8) % 1000) as f32 * 0.003
             } else {
                 1.0
