@@ -4,8 +4,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use longquant::eval::kld::{
     check_same_vocab, compare_models, compare_with_saved, tokenize, vocab_fingerprint,
-    BaseResultsReader, BaseResultsWriter, CompareOptions, Estimate, KldReport, KldSnapshot,
-    Percentiles, DEFAULT_TOP_K,
+    BaseResultsReader, BaseResultsWriter, CompareOptions, KldReport, KldSnapshot, DEFAULT_TOP_K,
 };
 use longquant::formats::gguf::GgufFile;
 use longquant::model::{EvalOptions, KvType, Model};
@@ -166,7 +165,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     if json_out {
-        let mut doc = report_json(&report);
+        let mut doc = report.to_json();
         if let Value::Object(m) = &mut doc {
             m.insert("model".into(), json!(a.model.display().to_string()));
             m.insert("base".into(), json!(base_name));
@@ -178,66 +177,6 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         print_report(&report);
     }
     Ok(())
-}
-
-fn est(e: &Estimate) -> Value {
-    json!({ "value": e.value, "stderr": e.stderr })
-}
-
-fn pct_json(p: &Percentiles) -> Value {
-    json!({
-        "max": p.max, "p99_9": p.p99_9, "p99": p.p99, "p95": p.p95, "p90": p.p90,
-        "median": p.median, "p10": p.p10, "p5": p.p5, "p1": p.p1, "p0_1": p.p0_1, "min": p.min,
-    })
-}
-
-/// The JSON document of a comparison (also embedded in `sweep --json`).
-pub fn report_json(r: &KldReport) -> Value {
-    json!({
-        "n_ctx": r.n_ctx,
-        "n_chunks": r.n_chunks,
-        "n_tokens_scored": r.n_tokens_scored,
-        "ppl_model": r.ppl_model.value,
-        "ppl_model_stderr": r.ppl_model.stderr,
-        "ppl_base": r.ppl_base.value,
-        "ppl_base_stderr": r.ppl_base.stderr,
-        "ln_ppl_correlation": r.ln_ppl_correlation,
-        "ln_ppl_ratio": est(&r.ln_ppl_ratio),
-        "ppl_ratio": est(&r.ppl_ratio),
-        "ppl_diff": est(&r.ppl_diff),
-        "kld_mean": r.kld.value,
-        "kld_stderr": r.kld.stderr,
-        "kld_p99": r.kld_percentiles.p99,
-        "kld_percentiles": pct_json(&r.kld_percentiles),
-        "same_top_p": r.same_top_p.value,
-        "same_top_p_stderr": r.same_top_p.stderr,
-        "mean_dp": r.mean_dp.value,
-        "mean_dp_stderr": r.mean_dp.stderr,
-        "rms_dp": r.rms_dp.value,
-        "rms_dp_stderr": r.rms_dp.stderr,
-        "max_abs_dp": r.max_abs_dp,
-        "dp_percentiles": pct_json(&r.dp_percentiles),
-        "by_position": r.by_position.iter().map(|b| json!({
-            "start": b.start,
-            "end": if b.end == usize::MAX { Value::Null } else { json!(b.end) },
-            "n_tokens": b.n_tokens,
-            "kld_mean": b.kld.value,
-            "kld_stderr": b.kld.stderr,
-            "same_top_p": b.same_top_p,
-            "ppl_model": b.ppl_model,
-            "ppl_base": b.ppl_base,
-        })).collect::<Vec<_>>(),
-        "chunk_kld": r.chunk_kld,
-        "approximate": r.approx.as_ref().map(|a| json!({
-            "top_k": a.top_k,
-            "tail_mass_mean": a.tail_mass_mean,
-            "kld_lower_mean": a.kld_lower_mean,
-            "kld_upper_mean": a.kld_upper_mean,
-            "kld_sampling_stderr": a.kld_sampling_stderr,
-            "note": "KLD exact over the top k; the tail's share is an unbiased estimate from k tokens sampled from the base's tail (error kld_sampling_stderr); the exact mean KLD lies in [kld_lower_mean, kld_upper_mean]",
-        })),
-        "seconds": r.seconds,
-    })
 }
 
 fn print_report(r: &KldReport) {

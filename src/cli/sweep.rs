@@ -4,10 +4,7 @@ use anyhow::{bail, Context};
 use longquant::convert::mix::FileType;
 use longquant::eval::kld::DEFAULT_TOP_K;
 use longquant::eval::plot::sweep_svg;
-use longquant::eval::sweep::{
-    default_compare, sweep, Bound, SweepOptions, SweepReport, DEFAULT_TYPES,
-};
-use serde_json::{json, Value};
+use longquant::eval::sweep::{default_compare, sweep, Bound, SweepOptions, DEFAULT_TYPES};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -101,93 +98,9 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", p.display()))?;
     }
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&sweep_json(&report))?);
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
-        print!("{}", sweep_table(&report));
+        print!("{}", report.table());
     }
     Ok(())
-}
-
-/// The JSON document of a sweep: one object per row with the table's columns, plus each row's
-/// full comparison.
-pub fn sweep_json(r: &SweepReport) -> Value {
-    json!({
-        "reference": {
-            "type": r.reference_type,
-            "size_bytes": r.reference_bytes,
-            "ppl": r.reference_ppl,
-            "seconds": r.reference_seconds,
-        },
-        "rows": r.rows.iter().map(|row| json!({
-            "type": row.file_type.name(),
-            "size_bytes": row.size_bytes,
-            "gib": row.gib(),
-            "bits_per_weight": row.bits_per_weight,
-            "ppl": row.report.ppl_model.value,
-            "delta_ppl": row.report.ppl_diff.value,
-            "kld_mean": row.report.kld.value,
-            "kld_p99": row.report.kld_percentiles.p99,
-            "same_top_p": row.report.same_top_p.value,
-            "long_kld": row.long_kld(),
-            "quantize_seconds": row.quantize_seconds,
-            "pareto": row.pareto,
-            "compare": super::compare::report_json(&row.report),
-        })).collect::<Vec<_>>(),
-        "bound": match r.bound {
-            Some(Bound::MaxSize(s)) => json!({"max_size_bytes": s}),
-            Some(Bound::MaxKld(k)) => json!({"max_kld": k}),
-            None => Value::Null,
-        },
-        "recommended": r.recommended.and_then(|i| r.rows.get(i)).map(|row| row.file_type.name()),
-        "seconds": r.seconds,
-    })
-}
-
-/// The human table (same numbers as the JSON, rounded for display).
-pub fn sweep_table(r: &SweepReport) -> String {
-    let mut o = String::new();
-    o.push_str(&format!(
-        "reference: {} ({:.4} GiB), PPL {:.4}, evaluated in {:.1} s\n",
-        r.reference_type,
-        r.reference_bytes as f64 / (1u64 << 30) as f64,
-        r.reference_ppl,
-        r.reference_seconds
-    ));
-    o.push_str(&format!(
-        "{:<8} {:>9} {:>6} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>8}  \n",
-        "type", "GiB", "bpw", "PPL", "ΔPPL", "KLD", "99% KLD", "same top", "long KLD", "quant s"
-    ));
-    for (i, row) in r.rows.iter().enumerate() {
-        let mark = match (row.pareto, r.recommended == Some(i)) {
-            (true, true) => "* <= recommended",
-            (true, false) => "*",
-            (false, true) => "<= recommended",
-            (false, false) => "",
-        };
-        o.push_str(&format!(
-            "{:<8} {:>9.4} {:>6.2} {:>10.4} {:>+9.4} {:>10.6} {:>10.6} {:>8.2}% {:>10.6} {:>8.1}  {mark}\n",
-            row.file_type.name(),
-            row.gib(),
-            row.bits_per_weight,
-            row.report.ppl_model.value,
-            row.report.ppl_diff.value,
-            row.report.kld.value,
-            row.report.kld_percentiles.p99,
-            row.report.same_top_p.value,
-            row.long_kld(),
-            row.quantize_seconds,
-        ));
-    }
-    o.push_str("* = on the size/KLD Pareto front\n");
-    match (r.bound, r.recommended) {
-        (Some(_), Some(i)) => {
-            if let Some(row) = r.rows.get(i) {
-                o.push_str(&format!("recommended: {}\n", row.file_type.name()));
-            }
-        }
-        (Some(_), None) => o.push_str("recommended: none of the levels meets the bound\n"),
-        (None, _) => {}
-    }
-    o.push_str(&format!("total {:.1} s\n", r.seconds));
-    o
 }

@@ -313,6 +313,71 @@ pub struct KldReport {
     pub seconds: f64,
 }
 
+impl KldReport {
+    /// The JSON document of a comparison (`compare --json`, and each row of `sweep --json`):
+    /// `ppl_model`, `ppl_base`, `kld_mean`, `kld_stderr`, `kld_p99`, `same_top_p` (percent),
+    /// `rms_dp` (percent), `by_position`, and the rest of the report.
+    pub fn to_json(&self) -> serde_json::Value {
+        let r = self;
+        serde_json::json!({
+            "n_ctx": r.n_ctx,
+            "n_chunks": r.n_chunks,
+            "n_tokens_scored": r.n_tokens_scored,
+            "ppl_model": r.ppl_model.value,
+            "ppl_model_stderr": r.ppl_model.stderr,
+            "ppl_base": r.ppl_base.value,
+            "ppl_base_stderr": r.ppl_base.stderr,
+            "ln_ppl_correlation": r.ln_ppl_correlation,
+            "ln_ppl_ratio": est_json(&r.ln_ppl_ratio),
+            "ppl_ratio": est_json(&r.ppl_ratio),
+            "ppl_diff": est_json(&r.ppl_diff),
+            "kld_mean": r.kld.value,
+            "kld_stderr": r.kld.stderr,
+            "kld_p99": r.kld_percentiles.p99,
+            "kld_percentiles": pct_json(&r.kld_percentiles),
+            "same_top_p": r.same_top_p.value,
+            "same_top_p_stderr": r.same_top_p.stderr,
+            "mean_dp": r.mean_dp.value,
+            "mean_dp_stderr": r.mean_dp.stderr,
+            "rms_dp": r.rms_dp.value,
+            "rms_dp_stderr": r.rms_dp.stderr,
+            "max_abs_dp": r.max_abs_dp,
+            "dp_percentiles": pct_json(&r.dp_percentiles),
+            "by_position": r.by_position.iter().map(|b| serde_json::json!({
+                "start": b.start,
+                "end": if b.end == usize::MAX { serde_json::Value::Null } else { serde_json::json!(b.end) },
+                "n_tokens": b.n_tokens,
+                "kld_mean": b.kld.value,
+                "kld_stderr": b.kld.stderr,
+                "same_top_p": b.same_top_p,
+                "ppl_model": b.ppl_model,
+                "ppl_base": b.ppl_base,
+            })).collect::<Vec<_>>(),
+            "chunk_kld": r.chunk_kld,
+            "approximate": r.approx.as_ref().map(|a| serde_json::json!({
+                "top_k": a.top_k,
+                "tail_mass_mean": a.tail_mass_mean,
+                "kld_lower_mean": a.kld_lower_mean,
+                "kld_upper_mean": a.kld_upper_mean,
+                "kld_sampling_stderr": a.kld_sampling_stderr,
+                "note": "KLD exact over the top k; the tail's share is an unbiased estimate from k tokens sampled from the base's tail (error kld_sampling_stderr); the exact mean KLD lies in [kld_lower_mean, kld_upper_mean]",
+            })),
+            "seconds": r.seconds,
+        })
+    }
+}
+
+fn est_json(e: &Estimate) -> serde_json::Value {
+    serde_json::json!({ "value": e.value, "stderr": e.stderr })
+}
+
+fn pct_json(p: &Percentiles) -> serde_json::Value {
+    serde_json::json!({
+        "max": p.max, "p99_9": p.p99_9, "p99": p.p99, "p95": p.p95, "p90": p.p90,
+        "median": p.median, "p10": p.p10, "p5": p.p5, "p1": p.p1, "p0_1": p.p0_1, "min": p.min,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Accumulation (llama.cpp's kl_divergence_result and its summaries).
 
@@ -821,7 +886,9 @@ fn score_saved(
             r / m * sum
         };
         let upper = (rec.tail_plogp as f64 - r * lq_min).max(lower);
-        (lower, est, upper)
+        // The exact tail term lies in [lower, upper], so clamping a sampled estimate into it can
+        // only bring it closer (and keeps every position's KLD ≥ 0).
+        (lower, est.clamp(lower, upper), upper)
     } else {
         (0.0, 0.0, 0.0)
     };
