@@ -9,6 +9,7 @@ pub mod chat_template;
 pub mod convert;
 pub mod eval;
 pub mod export;
+pub mod imatrix;
 pub mod inspect;
 pub mod model;
 pub mod recall;
