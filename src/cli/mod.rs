@@ -11,6 +11,7 @@ mod logits;
 mod perplexity;
 mod sweep;
 mod quantize;
+mod recall;
 
 /// Convert Hugging Face Llama checkpoints to GGUF, quantize them, and prove the result is still good.
 #[derive(Parser)]
@@ -40,6 +41,8 @@ enum Command {
     Logits(logits::Args),
     /// KL divergence and agreement of a model against a base model (llama.cpp's --kl-divergence statistics), in lockstep.
     Compare(compare::Args),
+    /// Long-context recall: JSON key-value retrieval accuracy per prompt length × key depth.
+    Recall(recall::Args),
     /// Make several quantization levels, compare each with the unquantized reference, tabulate, plot and recommend.
     Sweep(sweep::Args),
 }
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::Perplexity(a) => perplexity::run(a, cli.json),
         Command::Logits(a) => logits::run(a, cli.json),
         Command::Compare(a) => compare::run(a, cli.json),
+        Command::Recall(a) => recall::run(a, cli.json),
         Command::Sweep(a) => sweep::run(a, cli.json),
         Command::ExportHf(a) => export_hf::run(a, cli.json),
     };
