@@ -656,7 +656,7 @@ fn percentiles(sorted: &[f32]) -> Percentiles {
     let n = sorted.len();
     let median = match n {
         0 => f64::NAN,
-        _ if n % 2 == 0 => 0.5 * (sorted[n / 2] as f64 + sorted[n / 2 - 1] as f64),
+        _ if n.is_multiple_of(2) => 0.5 * (sorted[n / 2] as f64 + sorted[n / 2 - 1] as f64),
         _ => sorted[n / 2] as f64,
     };
     Percentiles {
@@ -980,6 +980,9 @@ fn plan_chunks(n_tokens: usize, opts: &CompareOptions, max_ctx: usize) -> Result
 // ---------------------------------------------------------------------------------------------
 // Lockstep evaluation.
 
+/// `sink(pos, base_log_probs, base_argmax, model_logits)`, run on the model's thread.
+type LockstepSink<'a> = dyn FnMut(usize, &[f32], usize, &[f32]) + Send + 'a;
+
 /// Runs `base` and `model` on the same chunk in lockstep; `sink(pos, base_log_probs,
 /// base_argmax, model_logits)` sees every position `>= first` in order.
 ///
@@ -992,7 +995,7 @@ fn lockstep_chunk(
     chunk: &[u32],
     first: usize,
     eval: &EvalOptions,
-    sink: &mut (dyn FnMut(usize, &[f32], usize, &[f32]) + Send),
+    sink: &mut LockstepSink<'_>,
 ) -> Result<(), KldError> {
     type Item = (usize, usize, Vec<f32>);
     let (tx, rx) = mpsc::sync_channel::<Item>(LOCKSTEP_DEPTH);

@@ -47,8 +47,8 @@ pub enum SweepError {
     Convert {
         /// Which file.
         what: String,
-        /// The error.
-        source: ConvertError,
+        /// The error (boxed: conversion errors are large).
+        source: Box<ConvertError>,
     },
     /// Comparing a level failed.
     #[error("evaluating {what}: {source}")]
@@ -254,7 +254,7 @@ pub fn sweep(
             };
             convert(dir, &out, &copts, &mut |_| {}).map_err(|source| SweepError::Convert {
                 what: "the F32 reference".into(),
-                source,
+                source: Box::new(source),
             })?;
             out
         }
@@ -322,7 +322,7 @@ pub fn sweep(
         }
         .map_err(|source| SweepError::Convert {
             what: name.into(),
-            source,
+            source: Box::new(source),
         })?;
         let quantize_seconds = t0.elapsed().as_secs_f64();
         let report = {
