@@ -48,6 +48,9 @@ pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
 /// Why an export failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
+    /// Cancelled by Ctrl-C / SIGTERM; the temporary files were removed.
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
     /// The GGUF could not be opened or parsed.
     #[error("reading {path}")]
     Gguf {
@@ -1198,7 +1201,10 @@ impl safetensors::View for LazyTensor<'_> {
         if failed {
             return Cow::Owned(vec![0; self.len]);
         }
-        match hf_tensor_bytes(self.file, self.planned, self.dtype) {
+        let bytes = crate::interrupt::check()
+            .map_err(ExportError::from)
+            .and_then(|()| hf_tensor_bytes(self.file, self.planned, self.dtype));
+        match bytes {
             Ok(b) => {
                 (self.done)(b.len() as u64);
                 Cow::Owned(b)

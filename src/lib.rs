@@ -11,6 +11,7 @@ pub mod eval;
 pub mod export;
 pub mod imatrix;
 pub mod inspect;
+pub mod interrupt;
 pub mod model;
 pub mod recall;
 pub mod tokenizer;

@@ -9,9 +9,9 @@ mod export_hf;
 mod inspect;
 mod logits;
 mod perplexity;
-mod sweep;
 mod quantize;
 mod recall;
+mod sweep;
 
 /// Convert Hugging Face Llama checkpoints to GGUF, quantize them, and prove the result is still good.
 #[derive(Parser)]
@@ -55,10 +55,20 @@ pub mod exit {
     pub const IO: u8 = 3;
     /// Refused for safety (output exists without --force, input == output, pickle checkpoint).
     pub const REFUSED: u8 = 4;
+    /// Cancelled by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that write output files stop cooperatively on Ctrl-C/SIGTERM so their temporary
+    // files are removed; the others keep the default (immediate) termination.
+    if matches!(
+        cli.command,
+        Command::Convert(_) | Command::Quantize(_) | Command::ExportHf(_)
+    ) {
+        install_interrupt_handler();
+    }
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a, cli.json),
         Command::Convert(a) => convert::run(a, cli.json),
@@ -80,8 +90,26 @@ pub fn main() -> ExitCode {
 }
 
 /// Pick an exit code from the root cause of an error chain.
+/// First signal: ask the job to stop at its next check (it cleans up and exits 130). Second
+/// signal: exit at once.
+fn install_interrupt_handler() {
+    let result = ctrlc::set_handler(|| {
+        if longquant::interrupt::requested() {
+            std::process::exit(i32::from(exit::INTERRUPTED));
+        }
+        longquant::interrupt::request();
+        eprintln!("\ninterrupt: stopping and removing temporary files (again to quit at once)");
+    });
+    if let Err(e) = result {
+        eprintln!("warning: cannot install the Ctrl-C handler ({e}); an interrupted job may leave temporary files");
+    }
+}
+
 fn classify(err: &anyhow::Error) -> u8 {
     use longquant::formats::ErrorKind;
+    if longquant::interrupt::requested() {
+        return exit::INTERRUPTED;
+    }
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<longquant::formats::Error>() {
             return match e.kind {

@@ -32,6 +32,9 @@ pub enum ConvertError {
     /// Refused for safety (output exists without `--force`, output would overwrite the input).
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// Cancelled by Ctrl-C / SIGTERM; the temporary output was removed.
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
     /// Reading a checkpoint file or writing the GGUF failed.
     #[error(transparent)]
     Format(#[from] longquant_formats::Error),

@@ -197,6 +197,7 @@ pub fn stream_tensors(
     let mut perm_buf: Vec<f32> = Vec::new();
     let mut out_buf: Vec<u8> = Vec::new();
     for (t, raw) in tensors.iter().zip(&raws) {
+        crate::interrupt::check()?;
         let src_name = match &t.source {
             Source::Checkpoint(n) => n.clone(),
             Source::Generated(_) => t.name.clone(),
@@ -229,6 +230,7 @@ pub fn stream_tensors(
         if copy {
             let rows_per_slice = (SLICE_WEIGHTS / row_len.max(1)).max(1);
             for chunk in bytes.chunks(rows_per_slice * row_bytes.max(1)) {
+                crate::interrupt::check()?;
                 writer.write_tensor_data(chunk).map_err(split_err)?;
                 progress(Progress::Advance {
                     name: &t.name,
@@ -269,6 +271,7 @@ pub fn stream_tensors(
         let mut f16_overflow = 0usize;
         let mut row0 = 0usize;
         while row0 < n_rows.max(1) {
+            crate::interrupt::check()?;
             let rows = rows_per_slice.min(n_rows.max(1) - row0);
             let n = rows * row_len;
             f32_buf.resize(n, 0.0);
