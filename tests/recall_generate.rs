@@ -83,21 +83,24 @@ fn cached_session_equals_full_recompute() {
 }
 
 #[test]
-fn scoring_rules() {
+fn scoring_is_helmets_substring_match() {
     let v = "e6984080-bab1-4a02-953a-eb70673e29cb";
     assert!(is_correct(" \"e6984080-bab1-4a02-953a-eb70673e29cb\"", v));
     assert!(is_correct(
         "e6984080-bab1-4a02-953a-eb70673e29cb and more",
         v
     ));
-    assert!(!is_correct(
+    // Restating the key first still counts, as in HELMET's substring_exact_match.
+    assert!(is_correct(
         "The value is e6984080-bab1-4a02-953a-eb70673e29cb",
         v
     ));
     assert!(!is_correct("e6984080-bab1", v));
+    assert!(!is_correct("e6984081-bab1-4a02-953a-eb70673e29cb", v));
+    assert!(!is_correct("", ""));
+    // Only a found value settles the verdict early; anything else decodes on.
     assert!(!is_decided(" \"", v));
     assert!(!is_decided(" \"e6984080-ba", v));
+    assert!(!is_decided("The", v));
     assert!(is_decided(" \"e6984080-bab1-4a02-953a-eb70673e29cb", v));
-    assert!(is_decided("The", v));
-    assert!(is_decided("e6984081", v));
 }

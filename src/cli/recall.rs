@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Most tokens generated per answer.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 100)]
     max_new_tokens: usize,
     /// K/V precision: f16 (llama.cpp's default) or f32.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]

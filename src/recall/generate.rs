@@ -241,25 +241,17 @@ fn clean(s: &str) -> &str {
     s.trim_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`')
 }
 
-/// Exact-match scoring: the answer is correct when the generated text, stripped of leading
-/// whitespace and quotes, starts with `value`.
+/// HELMET's json_kv metric (`substring_exact_match`, ProLong's evaluation): the answer is correct
+/// when the generated text contains `value`. Models that restate the key before the value
+/// ("The value of ... is ...") still count, as they do there.
 pub fn is_correct(generated: &str, value: &str) -> bool {
-    let g = generated
-        .trim_start_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`');
     let v = clean(value);
-    !v.is_empty() && g.starts_with(v)
+    !v.is_empty() && generated.contains(v)
 }
 
-/// Whether the verdict on `generated` is already certain: either it is correct, or its cleaned
-/// text can no longer grow into the value. Lets recall runs stop decoding a wrong answer early
-/// without changing any score.
+/// Whether the verdict on `generated` is already certain, so decoding can stop early without
+/// changing any score: only a found value settles it (a wrong start can still be followed by
+/// the value); otherwise decoding runs to EOS or the token limit.
 pub fn is_decided(generated: &str, value: &str) -> bool {
-    let g = generated
-        .trim_start_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '`');
-    if g.is_empty() {
-        // Still only whitespace/quotes: undecided.
-        return false;
-    }
-    let v = clean(value);
-    g.starts_with(v) || !v.starts_with(g)
+    is_correct(generated, value)
 }

@@ -126,7 +126,11 @@ fn pairs(seed: u64, n: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The task text (HELMET's json_kv wording).
+/// Where the answer starts. HELMET's json_kv puts it at the start of the model's turn (after the
+/// chat template's generation prompt), or at the end of a plain prompt.
+const ANSWER_PREFIX: &str = "Corresponding value:";
+
+/// The task text (HELMET's json_kv wording), without the answer prefix.
 fn task_text(pairs: &[(String, String)], key: &str) -> String {
     let mut json = String::with_capacity(pairs.len() * 84 + 2);
     json.push('{');
@@ -143,7 +147,7 @@ fn task_text(pairs: &[(String, String)], key: &str) -> String {
     json.push('}');
     format!(
         "Extract the value corresponding to the specified key in the JSON object below.\n\n\
-         JSON data:\n{json}\n\nKey: \"{key}\"\nCorresponding value:"
+         JSON data:\n{json}\n\nKey: \"{key}\""
     )
 }
 
@@ -155,9 +159,14 @@ fn tokenize(
     user: &str,
 ) -> Result<(String, Vec<u32>), PromptError> {
     match format {
-        PromptFormat::Plain => Ok((user.to_string(), tok.encode(user, true, false)?)),
+        PromptFormat::Plain => {
+            let text = format!("{user}\n{ANSWER_PREFIX}");
+            let ids = tok.encode(&text, true, false)?;
+            Ok((text, ids))
+        }
         PromptFormat::Chat(t) => {
-            let text = t.render(&[ChatMessage::new("user", user)], true)?;
+            let mut text = t.render(&[ChatMessage::new("user", user)], true)?;
+            text.push_str(ANSWER_PREFIX);
             let has_bos = !t.bos_token().is_empty() && text.starts_with(t.bos_token());
             let ids = tok.encode(&text, !has_bos, true)?;
             Ok((text, ids))
