@@ -500,34 +500,37 @@ unsafe fn attention_block_avx2(
     attention_block(qblk, i0, k, v, cfg)
 }
 
-/// f32 dot product with eight independent partial sums (vectorizes; the accuracy ggml's SIMD
-/// `ggml_vec_dot_f32` has).
+/// `e^x` for `x ≤ 0` (softmax arguments after subtracting the max), in plain f32 arithmetic
+/// that vectorizes: `x = n·ln2 + r` with |r| ≤ ln2/2, a degree-6 polynomial for `e^r` (Cephes
+/// `expf` coefficients, relative error ~2e-7, like ggml's SIMD `ggml_v_expf`), and `2^n` put
+/// into the exponent bits. Arguments below -87 (and -inf) give 0 (e^-87 ≈ 1.6e-38).
 #[inline(always)]
-fn dot8(x: &[f32], y: &[f32]) -> f32 {
-    let n = x.len().min(y.len());
-    let (x, y) = (&x[..n], &y[..n]);
-    let mut acc = [0.0f32; 8];
-    let mut xc = x.chunks_exact(8);
-    let mut yc = y.chunks_exact(8);
-    for (a, b) in (&mut xc).zip(&mut yc) {
-        for k in 0..8 {
-            acc[k] += a[k] * b[k];
-        }
+fn exp_neg(x_in: f32) -> f32 {
+    let x = x_in.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    // Two-step ln2 for an exact reduction (Cody–Waite).
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    // n ∈ [-126, 0] here, so the biased exponent stays normal.
+    let v = er * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x_in < -87.0 {
+        0.0
+    } else {
+        v
     }
-    let mut s = 0.0f32;
-    for (a, b) in xc.remainder().iter().zip(yc.remainder()) {
-        s += a * b;
-    }
-    let t = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    s + (t[0] + t[2]) + (t[1] + t[3])
 }
 
 /// Attention for one block of query rows at positions `i0..i0 + rows`.
+///
+/// Per KV head and block of [`BK`] keys: K is widened to f32 and transposed (`kt[dim][key]`) so
+/// that one query's scores against the whole block are [`BK`]-wide vector FMAs over the head
+/// dimension; V is widened row-major so the weighted sum is head-width vector FMAs per key.
 #[inline(always)]
 fn attention_block(qblk: &mut [f32], i0: usize, k: &KvBuf, v: &KvBuf, cfg: &LlamaConfig) {
     let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
@@ -537,7 +540,8 @@ fn attention_block(qblk: &mut [f32], i0: usize, k: &KvBuf, v: &KvBuf, cfg: &Llam
     let scale = 1.0f32 / (hd as f32).sqrt();
     let nq = qblk.len() / d;
     let kend = i0 + nq;
-    let mut kf = vec![0.0f32; BK * hd];
+    let mut krow = vec![0.0f32; hd];
+    let mut kt = vec![0.0f32; hd * BK];
     let mut vf = vec![0.0f32; BK * hd];
     let mut qf = vec![0.0f32; group * nq * hd];
     let mut acc = vec![0.0f32; group * nq * hd];
@@ -561,8 +565,16 @@ fn attention_block(qblk: &mut [f32], i0: usize, k: &KvBuf, v: &KvBuf, cfg: &Llam
             let jn = BK.min(kend - j0);
             for j in 0..jn {
                 let at = (j0 + j) * dkv + gk * hd;
-                k.load(at, &mut kf[j * hd..(j + 1) * hd]);
+                k.load(at, &mut krow);
+                for (c, &x) in krow.iter().enumerate() {
+                    kt[c * BK + j] = x;
+                }
                 v.load(at, &mut vf[j * hd..(j + 1) * hd]);
+            }
+            for j in jn..BK {
+                for c in 0..hd {
+                    kt[c * BK + j] = 0.0;
+                }
             }
             for h in 0..group {
                 for qi in 0..nq {
@@ -572,25 +584,36 @@ fn attention_block(qblk: &mut [f32], i0: usize, k: &KvBuf, v: &KvBuf, cfg: &Llam
                     }
                     let lim = jn.min(i + 1 - j0);
                     let qrow = &qf[(h * nq + qi) * hd..(h * nq + qi + 1) * hd];
+                    s.fill(0.0);
+                    for (c, &qc) in qrow.iter().enumerate() {
+                        let kc = &kt[c * BK..(c + 1) * BK];
+                        for (sj, &kv) in s.iter_mut().zip(kc) {
+                            *sj += qc * kv;
+                        }
+                    }
                     let mut mx = f32::NEG_INFINITY;
-                    for (j, sj) in s.iter_mut().enumerate().take(lim) {
-                        *sj = dot8(qrow, &kf[j * hd..(j + 1) * hd]) * scale;
+                    for sj in s.iter_mut().take(lim) {
+                        *sj *= scale;
                         mx = mx.max(*sj);
                     }
                     let idx = h * nq + qi;
                     let arow = &mut acc[idx * hd..(idx + 1) * hd];
                     let m_new = m[idx].max(mx);
                     if m_new > m[idx] {
-                        let c = (m[idx] - m_new).exp();
+                        let c = exp_neg(m[idx] - m_new);
                         l[idx] *= c;
                         for a in arow.iter_mut() {
                             *a *= c;
                         }
                         m[idx] = m_new;
                     }
-                    for (j, &sj) in s.iter().enumerate().take(lim) {
-                        let p = (sj - m_new).exp();
-                        l[idx] += p;
+                    let mut sum = 0.0f32;
+                    for sj in s.iter_mut().take(lim) {
+                        *sj = exp_neg(*sj - m_new);
+                        sum += *sj;
+                    }
+                    l[idx] += sum;
+                    for (j, &p) in s.iter().enumerate().take(lim) {
                         for (a, &vv) in arow.iter_mut().zip(&vf[j * hd..(j + 1) * hd]) {
                             *a += p * vv;
                         }
@@ -609,5 +632,26 @@ fn attention_block(qblk: &mut [f32], i0: usize, k: &KvBuf, v: &KvBuf, cfg: &Llam
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_neg;
+
+    #[test]
+    fn exp_neg_is_accurate_on_softmax_range() {
+        let mut x = 0.0f32;
+        while x >= -87.0 {
+            let (got, want) = (exp_neg(x), x.exp());
+            assert!(
+                (got - want).abs() <= 4e-7 * want + 1e-38,
+                "exp({x}) = {got}, want {want}"
+            );
+            x -= 0.013;
+        }
+        assert_eq!(exp_neg(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_neg(-100.0), 0.0);
+        assert_eq!(exp_neg(0.0), 1.0);
     }
 }

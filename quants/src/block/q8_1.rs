@@ -17,7 +17,7 @@ use half::f16;
 use super::float::{f16_to_f32, f32_to_f16};
 use super::q4_1::BlockQ4_1;
 use super::q5_1::BlockQ5_1;
-use super::Block;
+use super::{nearest_int, Block};
 
 /// Values per Q8_1 block (ggml's `QK8_1`).
 pub const QK8_1: usize = 32;
@@ -62,7 +62,8 @@ pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
         let mut sum = 0i32;
         for (q, &v) in yb.qs.iter_mut().zip(xb) {
             // |v · id| ≤ 127 up to one ulp, which still rounds to ±127.
-            let r = (v * id).round_ties_even() as i32;
+            // nearest_int rounds half to even, like _mm256_round_ps(_MM_ROUND_NEAREST).
+            let r = nearest_int(v * id);
             *q = r.clamp(-127, 127) as i8;
             sum += r.clamp(-127, 127);
         }
