@@ -7,27 +7,12 @@
 //!
 //! Needs `fixtures/fetch.sh` (SmolLM2 GGUF, Llama-3 tokenizer_config.json); without it the fixture
 //! tests skip with a note, or fail when CI=true.
+mod common;
+use common::fixture;
 use longquant::chat_template::{ChatMessage, ChatTemplate, ChatTemplateError, Limits};
 use longquant::formats::gguf::GgufFile;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-fn fixture(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/cache")
-        .join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("fixture {} missing (run fixtures/fetch.sh)", p.display());
-    }
-    eprintln!(
-        "SKIP: fixture {} missing; run fixtures/fetch.sh",
-        p.display()
-    );
-    None
-}
+use std::time::{Duration, Instant};
 
 fn conversation() -> Vec<ChatMessage> {
     vec![

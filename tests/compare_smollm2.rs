@@ -10,6 +10,8 @@
 //! - models with different vocabularies are refused; hostile base-results files give typed errors.
 //!
 //! Needs `fixtures/fetch.sh`; without the fixture the test skips with a note, or fails when CI=true.
+mod common;
+use common::fixture;
 use longquant::eval::kld::{
     check_same_vocab, compare_models, compare_with_saved, tokenize, vocab_fingerprint,
     BaseFileError, BaseResultsReader, BaseResultsWriter, CompareOptions, KldError,
@@ -17,24 +19,7 @@ use longquant::eval::kld::{
 use longquant::formats::gguf::GgufFile;
 use longquant::model::{DequantizedTensors, EvalOptions, Model};
 use longquant::tokenizer::GgufTokenizer;
-use std::path::{Path, PathBuf};
-
-fn fixture(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/cache")
-        .join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("fixture {} missing (run fixtures/fetch.sh)", p.display());
-    }
-    eprintln!(
-        "SKIP: fixture {} missing; run fixtures/fetch.sh",
-        p.display()
-    );
-    None
-}
+use std::path::Path;
 
 const CTX: usize = 256;
 const CHUNKS: usize = 2;

@@ -1,6 +1,8 @@
 //! Greedy generation with the K/V-cached session equals recomputing the whole sequence at every
 //! step, on the real SmolLM2 model, for a few dozen steps; plus scoring rules.
 //! Needs `fixtures/fetch.sh`; without it the model test skips with a note, or fails when CI=true.
+mod common;
+use common::fixture;
 use longquant::chat_template::{ChatMessage, ChatTemplate};
 use longquant::formats::gguf::GgufFile;
 use longquant::model::{EvalOptions, Model};
@@ -8,24 +10,6 @@ use longquant::recall::generate::{
     generate_greedy, is_correct, is_decided, stop_tokens, Cached, Decoder, Recompute, StopReason,
 };
 use longquant::tokenizer::GgufTokenizer;
-use std::path::{Path, PathBuf};
-
-fn fixture(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/cache")
-        .join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("fixture {} missing (run fixtures/fetch.sh)", p.display());
-    }
-    eprintln!(
-        "SKIP: fixture {} missing; run fixtures/fetch.sh",
-        p.display()
-    );
-    None
-}
 
 #[test]
 fn cached_session_equals_full_recompute() {

@@ -1,30 +1,14 @@
 //! JSON key-value prompts on the real SmolLM2 tokenizer and ChatML template: token counts within
 //! one pair of the target, the queried key exactly once at the requested depth, determinism.
 //! Needs `fixtures/fetch.sh`; without it the tests skip with a note, or fail when CI=true.
+mod common;
+use common::fixture;
 use longquant::chat_template::ChatTemplate;
 use longquant::formats::gguf::GgufFile;
 use longquant::recall::prompt::{
     build_kv_prompt, depth_index, render_kv_prompt, PromptError, PromptFormat, SplitMix64,
 };
 use longquant::tokenizer::GgufTokenizer;
-use std::path::{Path, PathBuf};
-
-fn fixture(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/cache")
-        .join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("fixture {} missing (run fixtures/fetch.sh)", p.display());
-    }
-    eprintln!(
-        "SKIP: fixture {} missing; run fixtures/fetch.sh",
-        p.display()
-    );
-    None
-}
 
 fn smol() -> Option<(GgufTokenizer, ChatTemplate)> {
     let f = GgufFile::open(fixture("SmolLM2-135M-Instruct.Q4_1.gguf")?).unwrap();

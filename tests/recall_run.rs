@@ -2,25 +2,10 @@
 //! length × depth with accuracies in [0, 1], the JSON fields, and a well-formed SVG heat map.
 //! 4K is not run here: one 4K prompt costs ~4× a 1K prompt and CI shares 2 cores (see the
 //! commit for the measured times). Needs `fixtures/fetch.sh` (skips without it unless CI=true).
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+use common::fixture;
 
-fn fixture(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/cache")
-        .join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("fixture {} missing (run fixtures/fetch.sh)", p.display());
-    }
-    eprintln!(
-        "SKIP: fixture {} missing; run fixtures/fetch.sh",
-        p.display()
-    );
-    None
-}
+use std::process::Command;
 
 /// Checks that `s` is well-formed XML as far as tags go: every element closes in order,
 /// attributes are quoted, and there is exactly one root.

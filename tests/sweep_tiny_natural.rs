@@ -10,24 +10,12 @@
 //!
 //! Needs `fixtures/fetch.sh` (for the text); without it the test skips with a note, or fails when
 //! CI=true.
+mod common;
+use common::require as need;
 use longquant::convert::mix::FileType;
 use longquant::eval::plot::sweep_svg;
 use longquant::eval::sweep::{default_compare, recommend, sweep, Bound, SweepOptions};
-use std::path::{Path, PathBuf};
-
-fn need(p: PathBuf) -> Option<PathBuf> {
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("fixture {} missing (run fixtures/fetch.sh)", p.display());
-    }
-    eprintln!(
-        "SKIP: fixture {} missing; run fixtures/fetch.sh",
-        p.display()
-    );
-    None
-}
+use std::path::Path;
 
 /// A small XML well-formedness check: one root element, every tag closed in order, attribute
 /// values quoted, no raw `<` or stray `&` in text or attributes, only the five predefined entities

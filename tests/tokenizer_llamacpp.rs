@@ -6,29 +6,11 @@
 //!   `tests/data/llamacpp/smollm2_tokens.json` (see `scripts/llamacpp/README.md`).
 //!
 //! Needs `fixtures/fetch.sh`; without the fixtures the tests skip with a note, or fail when CI=true.
+mod common;
+use common::fixture;
 use longquant::formats::gguf::GgufFile;
 use longquant::tokenizer::GgufTokenizer;
-use std::path::{Path, PathBuf};
-
-fn fixture(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/cache")
-        .join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-    {
-        panic!("fixture {} missing (run fixtures/fetch.sh)", p.display());
-    }
-    eprintln!(
-        "SKIP: fixture {} missing; run fixtures/fetch.sh",
-        p.display()
-    );
-    None
-}
+use std::path::Path;
 
 /// Splits the `.inp` file on llama.cpp's separator exactly as test-tokenizer-0.cpp does.
 fn read_vectors(inp: &str, out: &str) -> Vec<(String, Vec<u32>)> {
