@@ -20,7 +20,8 @@ pub struct Args {
     /// Q4_K_M, Q4_K_S, Q5_0, Q5_1, Q4_0, Q4_1. Mixes match llama.cpp's llama-quantize.
     #[arg(long = "type", default_value = "auto")]
     file_type: String,
-    /// Importance matrix (not supported by convert yet).
+    /// Importance matrix from llama.cpp's llama-imatrix (GGUF or legacy .dat): quantize each
+    /// weight matrix with its per-column importance, as llama-quantize --imatrix does.
     #[arg(long)]
     imatrix: Option<PathBuf>,
     /// Worker threads (default: all cores).

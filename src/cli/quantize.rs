@@ -1,4 +1,4 @@
-//! `longquant quantize IN.gguf OUT.gguf --type T [--allow-requantize] [--pure] [--threads N]
+//! `longquant quantize IN.gguf OUT.gguf --type T [--allow-requantize] [--pure] [--imatrix FILE] [--threads N]
 //! [--split-max-size SIZE] [--json] [--force]`: GGUF → GGUF with llama-quantize's mixes.
 use anyhow::Context;
 use longquant::convert::pipeline::Progress;
@@ -24,7 +24,8 @@ pub struct Args {
     /// Every quantizable tensor in the base type, no mix rules (llama-quantize --pure).
     #[arg(long)]
     pure: bool,
-    /// Importance matrix (not supported yet).
+    /// Importance matrix from llama.cpp's llama-imatrix (GGUF or legacy .dat): quantize each
+    /// weight matrix with its per-column importance, as llama-quantize --imatrix does.
     #[arg(long)]
     imatrix: Option<PathBuf>,
     /// Worker threads (default: all cores).

@@ -7,9 +7,11 @@
 //! - [`pipeline`]: the streaming one-pass conversion ([`convert`]).
 //! - [`quantize`]: GGUF → GGUF with the same mixes ([`quantize()`](quantize::quantize)).
 //! - [`stream`]: the tensor-streaming core both share, over a [`stream::TensorSource`].
+//! - [`importance`]: importance matrices (`--imatrix`) as llama-quantize applies them.
 //! - [`split`]: llama.cpp's split layout (`-00001-of-0000N.gguf`).
 
 pub mod config;
+pub mod importance;
 pub mod mix;
 pub mod names;
 pub mod pipeline;

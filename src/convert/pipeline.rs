@@ -15,6 +15,7 @@ use longquant_formats::GgmlType;
 use longquant_quants::QuantError;
 
 use super::config::{ConfigError, LlamaConfig, RopeScaling};
+use super::importance::ImportanceWeights;
 use super::mix::{plan_mix, FileType, MixTensor, ModelShape};
 use super::names::{map_hf_name, HfName, PermuteError, Role, ROPE_FREQS};
 use super::split::SplitWriter;
@@ -135,6 +136,31 @@ pub enum ConvertError {
     /// After writing, the GGUF does not carry what config.json says (a bug; the file is removed).
     #[error("written file disagrees with config.json: {0}")]
     Verify(String),
+    /// The importance matrix file cannot be read.
+    #[error(transparent)]
+    Imatrix(#[from] crate::imatrix::ImatrixError),
+    /// An importance matrix entry does not fit its tensor (made for another model?).
+    #[error("{path}: the importance matrix has {found} values for {name}, whose rows have {expected} (was it computed on another model?)")]
+    ImatrixSize {
+        /// The imatrix file.
+        path: PathBuf,
+        /// GGUF tensor name.
+        name: String,
+        /// Values in the entry.
+        found: u64,
+        /// The tensor's row length.
+        expected: u64,
+    },
+    /// An importance matrix entry holds NaN or infinity.
+    #[error("{path}: the importance matrix entry for {name} holds a non-finite value {value}")]
+    ImatrixNonFinite {
+        /// The imatrix file.
+        path: PathBuf,
+        /// GGUF tensor name.
+        name: String,
+        /// The value.
+        value: f32,
+    },
 }
 
 /// The requested output type.
@@ -167,7 +193,8 @@ pub struct ConvertOptions {
     pub force: bool,
     /// Worker threads (default: all cores).
     pub threads: Option<usize>,
-    /// Importance matrix (not supported yet).
+    /// Importance matrix (llama-imatrix's GGUF or legacy `.dat`), used like llama-quantize's
+    /// `--imatrix`.
     pub imatrix: Option<PathBuf>,
     /// Write llama.cpp's split layout with files of at most this many tensor bytes.
     pub split_max_size: Option<u64>,
@@ -233,6 +260,8 @@ pub struct Plan {
     pub n_fallback: usize,
     /// Parameters (elements of all tensors).
     pub n_params: u64,
+    /// The importance matrix, when one was given.
+    pub imatrix: Option<ImportanceWeights>,
     /// GGUF metadata.
     pub metadata: Metadata,
 }
@@ -369,11 +398,12 @@ pub fn plan(
         path: cfg_path.clone(),
         source,
     })?;
-    if opts.imatrix.is_some() {
-        return Err(ConvertError::NotSupported(
-            "--imatrix is not yet supported by convert".into(),
-        ));
-    }
+    // Read before the checkpoint is planned: a bad file fails fast.
+    let imatrix = opts
+        .imatrix
+        .as_deref()
+        .map(ImportanceWeights::load)
+        .transpose()?;
 
     // Map and check every checkpoint tensor.
     let mut mapped: Vec<(&StTensor, String, Role)> = Vec::new();
@@ -500,7 +530,7 @@ pub fn plan(
         n_head: config.n_head,
         n_head_kv: config.n_head_kv,
     };
-    let mix = plan_mix(file_type, &mix_in, shape, false);
+    let mix = plan_mix(file_type, &mix_in, shape, imatrix.is_some());
     let mut n_params = 0u64;
     for (t, c) in tensors.iter_mut().zip(&mix.choices) {
         t.ggml_type = c.ggml_type;
@@ -516,7 +546,11 @@ pub fn plan(
     }
 
     let vocab = load_vocab(src_dir, &config, opts.pre_override.as_deref())?;
-    let metadata = build_metadata(src_dir, &config, &vocab, file_type, n_params);
+    let mut metadata = build_metadata(src_dir, &config, &vocab, file_type, n_params);
+    if let Some(im) = &imatrix {
+        im.check(&tensors)?;
+        im.add_metadata(&mut metadata);
+    }
     Ok(Plan {
         src_dir: src_dir.to_path_buf(),
         config,
@@ -526,6 +560,7 @@ pub fn plan(
         n_fallback: mix.n_fallback,
         n_params,
         metadata,
+        imatrix,
     })
 }
 
@@ -801,7 +836,13 @@ fn convert_inner(
         opts.split_max_size,
         opts.force,
     )?;
-    let stats = stream_tensors(&plan.tensors, &st, &mut writer, progress)?;
+    let stats = stream_tensors(
+        &plan.tensors,
+        &st,
+        &mut writer,
+        plan.imatrix.as_ref(),
+        progress,
+    )?;
     let outputs = writer.paths().to_vec();
     let file_size = writer.finish().map_err(split_err)?;
     let wall_seconds = start.elapsed().as_secs_f64();

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use longquant_formats::gguf::{Metadata, Value};
 
+use super::importance::ImportanceWeights;
 use super::mix::{allows_quantization, plan_mix_with, FileType, MixOptions, MixTensor, ModelShape};
 use super::pipeline::{
     check_outputs, open_output, output_paths, split_count, with_threads, ConvertError,
@@ -40,7 +41,8 @@ pub struct QuantizeOptions {
     pub force: bool,
     /// Worker threads (default: all cores).
     pub threads: Option<usize>,
-    /// Importance matrix (not supported yet).
+    /// Importance matrix (llama-imatrix's GGUF or legacy `.dat`), used like llama-quantize's
+    /// `--imatrix`.
     pub imatrix: Option<PathBuf>,
     /// Write llama.cpp's split layout with files of at most this many tensor bytes.
     pub split_max_size: Option<u64>,
@@ -72,6 +74,8 @@ pub struct QuantizePlan {
     pub n_fallback: usize,
     /// Parameters.
     pub n_params: u64,
+    /// The importance matrix, when one was given.
+    pub imatrix: Option<ImportanceWeights>,
 }
 
 fn md_u64(md: &Metadata, key: &str) -> Result<u64, ConvertError> {
@@ -85,6 +89,11 @@ pub fn plan_quantize(
     model: &SplitModel,
     opts: &QuantizeOptions,
 ) -> Result<QuantizePlan, ConvertError> {
+    let imatrix = opts
+        .imatrix
+        .as_deref()
+        .map(ImportanceWeights::load)
+        .transpose()?;
     let md = model.metadata();
     let arch = md
         .get("general.architecture")
@@ -113,7 +122,7 @@ pub fn plan_quantize(
         &mix_in,
         shape,
         MixOptions {
-            has_imatrix: false,
+            has_imatrix: imatrix.is_some(),
             pure: opts.pure,
         },
     );
@@ -164,11 +173,24 @@ pub fn plan_quantize(
     }
     metadata.insert("general.quantization_version", 2u32);
     metadata.insert("general.file_type", opts.file_type.llama_ftype());
+    if let Some(im) = &imatrix {
+        // Only tensors that change type are quantized (the others are copied, as in
+        // llama-quantize, whose size check is on the quantizing path too).
+        im.check(
+            tensors
+                .iter()
+                .zip(&infos)
+                .filter(|(t, i)| t.ggml_type != i.ggml_type || !t.ggml_type.is_quantized())
+                .map(|(t, _)| t),
+        )?;
+        im.add_metadata(&mut metadata);
+    }
     Ok(QuantizePlan {
         tensors,
         metadata,
         n_fallback: mix.n_fallback,
         n_params,
+        imatrix,
     })
 }
 
@@ -189,11 +211,6 @@ fn quantize_inner(
     progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<ConvertReport, ConvertError> {
     let start = Instant::now();
-    if opts.imatrix.is_some() {
-        return Err(ConvertError::NotSupported(
-            "--imatrix is not yet supported by quantize".into(),
-        ));
-    }
     // Refuse input == output before opening anything large.
     check_outputs(&[out.to_path_buf()], &[input.to_path_buf()], opts.force)?;
     let model = open_split_model(input).map_err(split_err)?;
@@ -210,7 +227,13 @@ fn quantize_inner(
         opts.split_max_size,
         opts.force,
     )?;
-    let stats = stream_tensors(&plan.tensors, &model, &mut writer, progress)?;
+    let stats = stream_tensors(
+        &plan.tensors,
+        &model,
+        &mut writer,
+        plan.imatrix.as_ref(),
+        progress,
+    )?;
     let outputs = writer.paths().to_vec();
     let file_size = writer.finish().map_err(split_err)?;
     let wall_seconds = start.elapsed().as_secs_f64();

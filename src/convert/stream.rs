@@ -16,6 +16,7 @@ use longquant_quants::tensor::{dequantize_tensor, quantize_tensor};
 use longquant_quants::{BlockFormat, QuantError};
 use rayon::prelude::*;
 
+use super::importance::ImportanceWeights;
 use super::names::{permute_heads, rows_per_head};
 use super::pipeline::{ConvertError, PlannedTensor, Progress, Source};
 use super::split::SplitWriter;
@@ -164,11 +165,13 @@ fn source_row_bytes(enc: Encoding, row_len: usize) -> Option<usize> {
 }
 
 /// Stream `tensors` (in plan order) from `source` into `writer`. The writer must have been
-/// created from the same plan.
+/// created from the same plan. With `imatrix`, every tensor that is encoded (not copied) is
+/// quantized with its importance weights when the matrix has an entry for it.
 pub fn stream_tensors(
     tensors: &[PlannedTensor],
     source: &dyn TensorSource,
     writer: &mut SplitWriter,
+    imatrix: Option<&ImportanceWeights>,
     progress: &mut (dyn FnMut(Progress<'_>) + Send),
 ) -> Result<StreamStats, ConvertError> {
     let mut stats = StreamStats::default();
@@ -268,6 +271,12 @@ pub fn stream_tensors(
             None => 1,
         };
         let rows_per_slice = ((SLICE_WEIGHTS / row_len.max(1)) / unit).max(1) * unit;
+        // Per input column, so the same for every row slice (and unaffected by the q/k
+        // permutation, which moves whole rows).
+        let weights = match imatrix {
+            Some(im) => im.for_tensor(t)?,
+            None => None,
+        };
         let mut f16_overflow = 0usize;
         let mut row0 = 0usize;
         while row0 < n_rows.max(1) {
@@ -334,7 +343,7 @@ pub fn stream_tensors(
                 ConvertError::NotSupported(format!("{}: row length {row_len} for {fmt:?}", t.name))
             })? * rows;
             out_buf.resize(out_len, 0);
-            quantize_tensor(fmt, values, row_len, None, &mut out_buf).map_err(|e| match e {
+            quantize_tensor(fmt, values, row_len, weights, &mut out_buf).map_err(|e| match e {
                 QuantError::NonFinite { index, value } => ConvertError::NonFinite {
                     name: src_name.clone(),
                     index: (row0 * row_len + index) as u64,
