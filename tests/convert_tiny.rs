@@ -191,15 +191,16 @@ fn auto_keeps_source_precision_and_refusals() {
     // The input can never be the output, even with force.
     let e = run(&src, &src.join("model.safetensors"), &o).unwrap_err();
     assert!(matches!(e, ConvertError::Refused(_)), "{e}");
-    // imatrix is not yet supported by convert.
+    // A missing imatrix file is a typed error, and nothing is written.
     let o = ConvertOptions {
         imatrix: Some(dir.path().join("x.dat")),
         ..opts(FileType::Q4_K_M)
     };
     assert!(matches!(
         run(&src, &dir.path().join("i.gguf"), &o).unwrap_err(),
-        ConvertError::NotSupported(_)
+        ConvertError::Imatrix(_)
     ));
+    assert!(!dir.path().join("i.gguf").exists());
 }
 
 // ---- hostile checkpoints ----

@@ -166,13 +166,14 @@ fn refusals_leave_nothing_behind() {
     assert!(matches!(e, ConvertError::Refused(_)), "{e:?}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
     assert_eq!(files_in(dir.path()), vec!["in.gguf", "x.gguf"]);
-    // --imatrix is another issue's.
+    // A missing imatrix file is a typed error that leaves the existing output alone.
     o.imatrix = Some(dir.path().join("imatrix.dat"));
     o.force = true;
     assert!(matches!(
         run(&copy, &out, &o).unwrap_err(),
-        ConvertError::NotSupported(_)
+        ConvertError::Imatrix(_)
     ));
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
 }
 
 #[test]
