@@ -22,7 +22,10 @@ fn fixture() -> Option<PathBuf> {
         "{} missing; run fixtures/fetch.sh",
         p.display()
     );
-    eprintln!("note: {} missing (run fixtures/fetch.sh); skipped", p.display());
+    eprintln!(
+        "note: {} missing (run fixtures/fetch.sh); skipped",
+        p.display()
+    );
     None
 }
 
