@@ -1,7 +1,7 @@
-//! `longquant recall` end to end on the real SmolLM2 model at 1K tokens: completes, one cell per
+//! `longquant recall` end to end on the real SmolLM2 model at 1K and 4K tokens: completes, one cell per
 //! length × depth with accuracies in [0, 1], the JSON fields, and a well-formed SVG heat map.
-//! 4K is not run here: one 4K prompt costs ~4× a 1K prompt and CI shares 2 cores (see the
-//! commit for the measured times). Needs `fixtures/fetch.sh` (skips without it unless CI=true).
+//! Two depths at each length, one sample per cell (about 95 s in release on 2 cores). Needs
+//! `fixtures/fetch.sh` (skips without it unless CI=true).
 mod common;
 use common::fixture;
 
@@ -47,7 +47,7 @@ fn check_xml(s: &str) {
 }
 
 #[test]
-fn recall_run_at_1k_reports_cells_json_and_svg() {
+fn recall_run_at_1k_and_4k_reports_cells_json_and_svg() {
     let Some(model) = fixture("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };
@@ -58,7 +58,7 @@ fn recall_run_at_1k_reports_cells_json_and_svg() {
         .arg(&model)
         .args([
             "--lengths",
-            "1024",
+            "1024,4096",
             "--depths",
             "0,1",
             "--samples",
@@ -77,9 +77,10 @@ fn recall_run_at_1k_reports_cells_json_and_svg() {
     );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let cells = doc["cells"].as_array().unwrap();
-    assert_eq!(cells.len(), 2);
-    for (c, depth) in cells.iter().zip([0.0, 1.0]) {
-        assert_eq!(c["length"], 1024);
+    assert_eq!(cells.len(), 4);
+    let expected = [(1024, 0.0), (1024, 1.0), (4096, 0.0), (4096, 1.0)];
+    for (c, (length, depth)) in cells.iter().zip(expected) {
+        assert_eq!(c["length"], length);
         assert_eq!(c["depth"].as_f64(), Some(depth));
         assert_eq!(c["samples"], 1);
         let acc = c["accuracy"].as_f64().unwrap();
@@ -94,7 +95,7 @@ fn recall_run_at_1k_reports_cells_json_and_svg() {
     eprintln!("{}", serde_json::to_string(&doc).unwrap());
     let svg = std::fs::read_to_string(&svg).unwrap();
     check_xml(&svg);
-    assert_eq!(svg.matches("<rect").count(), 2);
+    assert_eq!(svg.matches("<rect").count(), 4);
 
     // Lengths above the model's context (8192) are refused with a clear message.
     let out = Command::new(env!("CARGO_BIN_EXE_longquant"))
