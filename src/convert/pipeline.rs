@@ -19,7 +19,7 @@ use super::importance::ImportanceWeights;
 use super::mix::{plan_mix, FileType, MixTensor, ModelShape};
 use super::names::{map_hf_name, HfName, PermuteError, Role, ROPE_FREQS};
 use super::split::SplitWriter;
-use super::stream::{split_err, stream_tensors};
+use super::stream::{split_err, stream_tensors, TensorSource};
 use super::tokenizer::{
     add_special_key, load_vocab, special_id_key, ChatTemplate, TokenizerError, Vocab,
 };
@@ -826,23 +826,58 @@ fn convert_inner(
     // The plain output name first (cheap), then the real file names once the plan knows them.
     check_outputs(&[out.to_path_buf()], &inputs, opts.force)?;
     let plan = plan(&src_dir, &st, opts)?;
-    let outputs = output_paths(out, split_count(&plan.tensors, opts.split_max_size));
-    check_outputs(&outputs, &inputs, opts.force)?;
-
-    let mut writer = open_output(
+    let job = Job {
+        tensors: &plan.tensors,
+        metadata: &plan.metadata,
+        imatrix: plan.imatrix.as_ref(),
+        file_type: plan.file_type,
+        n_params: plan.n_params,
+        n_fallback: plan.n_fallback,
+    };
+    write_job(
         out,
-        &plan.metadata,
-        &plan.tensors,
+        &inputs,
         opts.split_max_size,
         opts.force,
-    )?;
-    let stats = stream_tensors(
-        &plan.tensors,
+        &job,
         &st,
-        &mut writer,
-        plan.imatrix.as_ref(),
         progress,
-    )?;
+        start,
+        |first| verify_facts(first, &plan),
+    )
+}
+
+/// What a planned conversion or requantization writes: shared by [`convert`] and
+/// [`super::quantize::quantize`], which differ only in where tensors come from and how the
+/// written file's long-context facts are checked.
+pub(crate) struct Job<'a> {
+    pub tensors: &'a [PlannedTensor],
+    pub metadata: &'a Metadata,
+    pub imatrix: Option<&'a ImportanceWeights>,
+    pub file_type: FileType,
+    pub n_params: u64,
+    pub n_fallback: usize,
+}
+
+/// Checks the final output names against the inputs, streams every tensor of `job` from
+/// `source` into the (possibly split) output, finishes it, then runs `verify` on the first file;
+/// if that fails every output is removed, so a file that lost its long-context facts never stays.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_job(
+    out: &Path,
+    inputs: &[PathBuf],
+    split_max_size: Option<u64>,
+    force: bool,
+    job: &Job<'_>,
+    source: &dyn TensorSource,
+    progress: &mut (dyn FnMut(Progress<'_>) + Send),
+    start: Instant,
+    verify: impl FnOnce(&Path) -> Result<Vec<Fact>, ConvertError>,
+) -> Result<ConvertReport, ConvertError> {
+    let outputs = output_paths(out, split_count(job.tensors, split_max_size));
+    check_outputs(&outputs, inputs, force)?;
+    let mut writer = open_output(out, job.metadata, job.tensors, split_max_size, force)?;
+    let stats = stream_tensors(job.tensors, source, &mut writer, job.imatrix, progress)?;
     let outputs = writer.paths().to_vec();
     let file_size = writer.finish().map_err(split_err)?;
     let wall_seconds = start.elapsed().as_secs_f64();
@@ -851,7 +886,7 @@ fn convert_inner(
         .first()
         .cloned()
         .unwrap_or_else(|| out.to_path_buf());
-    let facts = match verify_facts(&first, &plan) {
+    let facts = match verify(&first) {
         Ok(f) => f,
         Err(e) => {
             for o in &outputs {
@@ -863,16 +898,16 @@ fn convert_inner(
     Ok(ConvertReport {
         output: first,
         outputs,
-        file_type: plan.file_type,
+        file_type: job.file_type,
         file_size,
         source_bytes: stats.source_bytes,
-        n_params: plan.n_params,
-        tensors: plan
+        n_params: job.n_params,
+        tensors: job
             .tensors
             .iter()
             .map(|t| (t.name.clone(), t.ggml_type, t.dims.clone(), t.n_bytes))
             .collect(),
-        n_fallback: plan.n_fallback,
+        n_fallback: job.n_fallback,
         wall_seconds,
         facts,
         warnings: stats.warnings,

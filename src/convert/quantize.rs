@@ -20,13 +20,13 @@ use longquant_formats::gguf::{Metadata, Value};
 use super::importance::ImportanceWeights;
 use super::mix::{allows_quantization, plan_mix_with, FileType, MixOptions, MixTensor, ModelShape};
 use super::pipeline::{
-    check_outputs, open_output, output_paths, split_count, with_threads, ConvertError,
-    ConvertReport, Fact, PlannedTensor, Progress, Source,
+    check_outputs, with_threads, write_job, ConvertError, ConvertReport, Fact, Job, PlannedTensor,
+    Progress, Source,
 };
 use super::split::{
     open_split_model, SplitModel, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT,
 };
-use super::stream::{block_format, split_err, stream_tensors};
+use super::stream::{block_format, split_err};
 
 /// What to quantize to and how.
 #[derive(Debug, Clone)]
@@ -217,56 +217,25 @@ fn quantize_inner(
     let inputs = model.paths();
     check_outputs(&[out.to_path_buf()], &inputs, opts.force)?;
     let plan = plan_quantize(&model, opts)?;
-    let outputs = output_paths(out, split_count(&plan.tensors, opts.split_max_size));
-    check_outputs(&outputs, &inputs, opts.force)?;
-
-    let mut writer = open_output(
+    let job = Job {
+        tensors: &plan.tensors,
+        metadata: &plan.metadata,
+        imatrix: plan.imatrix.as_ref(),
+        file_type: opts.file_type,
+        n_params: plan.n_params,
+        n_fallback: plan.n_fallback,
+    };
+    write_job(
         out,
-        &plan.metadata,
-        &plan.tensors,
+        &inputs,
         opts.split_max_size,
         opts.force,
-    )?;
-    let stats = stream_tensors(
-        &plan.tensors,
+        &job,
         &model,
-        &mut writer,
-        plan.imatrix.as_ref(),
         progress,
-    )?;
-    let outputs = writer.paths().to_vec();
-    let file_size = writer.finish().map_err(split_err)?;
-    let wall_seconds = start.elapsed().as_secs_f64();
-    let first = outputs
-        .first()
-        .cloned()
-        .unwrap_or_else(|| out.to_path_buf());
-    let facts = match carried_facts(&first, model.metadata()) {
-        Ok(f) => f,
-        Err(e) => {
-            for o in &outputs {
-                let _ = std::fs::remove_file(o);
-            }
-            return Err(e);
-        }
-    };
-    Ok(ConvertReport {
-        output: first,
-        outputs,
-        file_type: opts.file_type,
-        file_size,
-        source_bytes: stats.source_bytes,
-        n_params: plan.n_params,
-        tensors: plan
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), t.ggml_type, t.dims.clone(), t.n_bytes))
-            .collect(),
-        n_fallback: plan.n_fallback,
-        wall_seconds,
-        facts,
-        warnings: stats.warnings,
-    })
+        start,
+        |first| carried_facts(first, model.metadata()),
+    )
 }
 
 /// Read the written file back and set its long-context keys beside the input's; any difference
