@@ -191,6 +191,7 @@ impl Session<'_, '_> {
             false,
             logits_from,
             on_logits,
+            None,
         );
         self.len += tokens.len();
         Ok(())
@@ -296,13 +297,44 @@ impl<'a> Model<'a> {
     ) -> Result<(), ModelError> {
         self.check_tokens(tokens, 0)?;
         let mut kv = [LayerKv::new(opts.kv_type)];
-        self.run(tokens, 0, &mut kv, true, logits_from, on_logits);
+        self.run(tokens, 0, &mut kv, true, logits_from, on_logits, None);
+        Ok(())
+    }
+
+    /// Like [`Model::eval`], and also shows every matrix product's input to `observe(tensor,
+    /// acts)`: `tensor` is the weight's GGUF name (`blk.N.attn_q.weight`, ..., `output.weight`)
+    /// and `acts` holds whole f32 input rows of that weight's width (a tile of tokens; Q, K and
+    /// V, and gate and up, see the same rows). Calls come in evaluation order from this thread.
+    /// The output head is shown only the positions `>= logits_from`. This is the hook an
+    /// importance matrix is collected through (llama.cpp's imatrix callback sees the same
+    /// `src1` of every `mul_mat`).
+    pub fn eval_observed(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        opts: &EvalOptions,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+        observe: &mut dyn FnMut(&str, &[f32]),
+    ) -> Result<(), ModelError> {
+        self.check_tokens(tokens, 0)?;
+        let mut kv = [LayerKv::new(opts.kv_type)];
+        self.run(
+            tokens,
+            0,
+            &mut kv,
+            true,
+            logits_from,
+            on_logits,
+            Some(observe),
+        );
         Ok(())
     }
 
     /// The forward pass of `tokens` at positions `p0..p0 + n` (already checked). `kv` holds
     /// one cache per layer with `p0` positions each, extended here; with `scratch`, `kv` is a
-    /// single buffer reused (cleared) by every layer and `p0` must be 0.
+    /// single buffer reused (cleared) by every layer and `p0` must be 0. `observe` sees every
+    /// matrix product's input (see [`Model::eval_observed`]).
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         tokens: &[u32],
@@ -311,7 +343,20 @@ impl<'a> Model<'a> {
         scratch: bool,
         logits_from: usize,
         on_logits: &mut dyn FnMut(usize, &[f32]),
+        mut observe: Option<&mut dyn FnMut(&str, &[f32])>,
     ) {
+        // Shows `acts` to the observer as the input of layer `il`'s tensor `names` (or of a
+        // top-level tensor when `il` is None).
+        let mut show = |il: Option<usize>, names: &[&str], acts: &[f32]| {
+            if let Some(f) = observe.as_deref_mut() {
+                for name in names {
+                    match il {
+                        Some(il) => f(&format!("blk.{il}.{name}.weight"), acts),
+                        None => f(&format!("{name}.weight"), acts),
+                    }
+                }
+            }
+        };
         let cfg = &self.config;
         let n = tokens.len();
         let d = cfg.n_embd;
@@ -351,6 +396,7 @@ impl<'a> Model<'a> {
                 let xs = &x[t0 * d..(t0 + nt) * d];
                 let xn = &mut xn[..nt * d];
                 rms_norm(xs, &lw.attn_norm, cfg.rms_eps, xn);
+                show(Some(il), &["attn_q", "attn_k", "attn_v"], xn);
                 let mut acts = ActCache::new(xn, d);
                 let qs = &mut q[t0 * d..(t0 + nt) * d];
                 acts.matmul(&lw.wq, qs);
@@ -367,6 +413,7 @@ impl<'a> Model<'a> {
             for t0 in (0..n).step_by(tile) {
                 let nt = tile.min(n - t0);
                 let os = &mut o[..nt * d];
+                show(Some(il), &["attn_output"], &q[t0 * d..(t0 + nt) * d]);
                 ActCache::new(&q[t0 * d..(t0 + nt) * d], d).matmul(&lw.wo, os);
                 let xs = &mut x[t0 * d..(t0 + nt) * d];
                 xs.par_iter_mut()
@@ -374,6 +421,7 @@ impl<'a> Model<'a> {
                     .for_each(|(x, o)| *x += o);
                 let xn = &mut xn[..nt * d];
                 rms_norm(xs, &lw.ffn_norm, cfg.rms_eps, xn);
+                show(Some(il), &["ffn_gate", "ffn_up"], xn);
                 let (gs, us) = (&mut g[..nt * cfg.n_ff], &mut u[..nt * cfg.n_ff]);
                 let mut acts = ActCache::new(xn, d);
                 acts.matmul(&lw.gate, gs);
@@ -385,6 +433,7 @@ impl<'a> Model<'a> {
                             *g = *g / (1.0 + (-*g).exp()) * u;
                         }
                     });
+                show(Some(il), &["ffn_down"], gs);
                 ActCache::new(gs, cfg.n_ff).matmul(&lw.down, os);
                 xs.par_iter_mut()
                     .zip(os.par_iter())
@@ -401,6 +450,7 @@ impl<'a> Model<'a> {
             let np = lt.min(n - r0);
             let xn = &mut xn[..np * d];
             rms_norm(&x[r0 * d..(r0 + np) * d], &w.output_norm, cfg.rms_eps, xn);
+            show(None, &["output"], xn);
             let lg = &mut logits[..np * cfg.n_vocab];
             ActCache::new(xn, d).matmul(&w.output, lg);
             for (i, row) in lg.chunks(cfg.n_vocab).enumerate() {

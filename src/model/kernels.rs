@@ -10,6 +10,7 @@
 //! token of its tile against it, so a block of weights is read from memory once per tile and then
 //! served from L1 while the tile's activations stay in L2. Few tokens are split over rows.
 use super::weights::{Weight, WeightData};
+use super::{mm_float, mm_kquant, mm_legacy};
 use longquant_quants::block::{
     float, nearest_int, q8_0, q8_0::BlockQ8_0, q8_1, q8_1::BlockQ8_1, q8_k::BlockQ8K,
 };
@@ -18,9 +19,9 @@ use longquant_quants::QK_K;
 use rayon::prelude::*;
 
 /// Weight rows per inner block: 16 rows of a 4096-wide Q4_K matrix are 36 KiB, about L1 size.
-const ROW_BLOCK: usize = 16;
+pub(crate) const ROW_BLOCK: usize = 16;
 /// Most tokens per task.
-const MAX_TILE: usize = 64;
+pub(crate) const MAX_TILE: usize = 64;
 
 /// The activation encoding a weight type is multiplied with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,21 +172,21 @@ pub(crate) fn matmul(k: &Kernels, w: &Weight<'_>, acts: &Acts, n_tok: usize, out
     let bpr = w.blocks_per_row();
     let cols = w.cols;
     match (w.data, acts) {
-        (WeightData::F32(wd), Acts::F32(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_f32)(wr, &a[t * cols..(t + 1) * cols])
-        }),
-        (WeightData::F16(wd), Acts::F32(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_f16_f32)(wr, &a[t * cols..(t + 1) * cols])
-        }),
-        (WeightData::BF16(wd), Acts::F32(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_bf16_f32)(wr, &a[t * cols..(t + 1) * cols])
-        }),
-        (WeightData::Q4_0(wd), Acts::Q8_0(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q4_0_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
-        (WeightData::Q5_0(wd), Acts::Q8_0(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q5_0_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
+        (WeightData::F32(wd), Acts::F32(a)) => {
+            mm_float::matmul_f32(k, wd, cols, a, n_tok, rows, out)
+        }
+        (WeightData::F16(wd), Acts::F32(a)) => {
+            mm_float::matmul_f16(k, wd, cols, a, n_tok, rows, out)
+        }
+        (WeightData::BF16(wd), Acts::F32(a)) => {
+            mm_float::matmul_bf16(k, wd, cols, a, n_tok, rows, out)
+        }
+        (WeightData::Q4_0(wd), Acts::Q8_0(a)) => {
+            mm_legacy::matmul_q4_0(k, wd, bpr, a, n_tok, rows, out)
+        }
+        (WeightData::Q5_0(wd), Acts::Q8_0(a)) => {
+            mm_legacy::matmul_q5_0(k, wd, bpr, a, n_tok, rows, out)
+        }
         (WeightData::Q8_0(wd), Acts::Q8_0(a)) => {
             #[cfg(target_arch = "x86_64")]
             if q8x::available() {
@@ -195,28 +196,29 @@ pub(crate) fn matmul(k: &Kernels, w: &Weight<'_>, acts: &Acts, n_tok: usize, out
                 (k.vec_dot_q8_0_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
             })
         }
-        (WeightData::Q4_1(wd), Acts::Q8_1(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q4_1_q8_1)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
-        (WeightData::Q5_1(wd), Acts::Q8_1(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q5_1_q8_1)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
-        (WeightData::Q4K(wd), Acts::Q8K(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q4_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
-        (WeightData::Q5K(wd), Acts::Q8K(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q5_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
-        (WeightData::Q6K(wd), Acts::Q8K(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q6_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
+        (WeightData::Q4_1(wd), Acts::Q8_1(a)) => {
+            mm_legacy::matmul_q4_1(k, wd, bpr, a, n_tok, rows, out)
+        }
+        (WeightData::Q5_1(wd), Acts::Q8_1(a)) => {
+            mm_legacy::matmul_q5_1(k, wd, bpr, a, n_tok, rows, out)
+        }
+        (WeightData::Q4K(wd), Acts::Q8K(a)) => {
+            mm_kquant::matmul_q4k(k, wd, bpr, a, n_tok, rows, out)
+        }
+        (WeightData::Q5K(wd), Acts::Q8K(a)) => {
+            mm_kquant::matmul_q5k(k, wd, bpr, a, n_tok, rows, out)
+        }
+        (WeightData::Q6K(wd), Acts::Q8K(a)) => {
+            mm_kquant::matmul_q6k(k, wd, bpr, a, n_tok, rows, out)
+        }
         // ActCache picks the format from the weight, so other pairings cannot be constructed.
         _ => unreachable!("activation format does not match the weight type"),
     }
 }
 
 /// The tiled product: `dot(w_row, t)` is one weight row against token `t`'s activations.
-fn mm<W: Sync>(
+/// The generic fallback of the per-format modules (`mm_float`, `mm_legacy`, `mm_kquant`).
+pub(crate) fn mm<W: Sync>(
     w: &[W],
     wbpr: usize,
     n_tok: usize,

@@ -5,6 +5,9 @@ pub mod config;
 mod error;
 pub mod forward;
 mod kernels;
+mod mm_float;
+mod mm_kquant;
+mod mm_legacy;
 pub mod weights;
 
 pub use config::LlamaConfig;
