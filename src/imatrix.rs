@@ -15,8 +15,9 @@
 //! legacy files `value/ncall`).
 //!
 //! Everything read is validated (lengths against the bytes remaining, matching sums/counts pairs,
-//! F32 only, finite non-negative values), with a typed error per failure class. Collecting an
-//! imatrix (`longquant imatrix`) needs an activation hook in the forward pass and is not here yet.
+//! F32 only, finite non-negative values), with a typed error per failure class.
+//! [`ImatrixAccumulator`] collects a matrix from activations (`longquant imatrix`, driven by
+//! `eval::imatrix_collect` through the forward pass's observation hook).
 use crate::formats::gguf::{write_gguf, TensorSpec, WriteOptions};
 use crate::formats::gguf::{Array, GgufFile, Metadata, Value, ValueType};
 use crate::formats::GgmlType;
@@ -168,6 +169,22 @@ pub enum ImatrixError {
     /// The matrix cannot be expressed in the requested format.
     #[error("cannot write: {0}")]
     Unwritable(String),
+    /// Collecting: activations made a sum NaN or infinite (llama-imatrix stops here too).
+    #[error("non-finite activations reached `{name}`; the importance matrix would be unusable")]
+    NonFinite {
+        /// The weight.
+        name: String,
+    },
+    /// Collecting: activations do not fit the weight's registered width.
+    #[error("`{name}`: {len} activations are not whole rows of {n_cols}")]
+    Width {
+        /// The weight.
+        name: String,
+        /// Values shown.
+        len: usize,
+        /// Registered width.
+        n_cols: usize,
+    },
 }
 
 fn check_values(path: &Path, name: &str, e: &ImatrixEntry) -> Result<(), ImatrixError> {
@@ -627,5 +644,150 @@ impl Imatrix {
             path: path.to_path_buf(),
             source,
         })
+    }
+}
+
+/// Collects an importance matrix from activations, as llama-imatrix's collector does for dense
+/// weights: for every registered weight, the sum over all rows shown to it of each input
+/// column's squared activation, plus the number of rows (tokens).
+///
+/// Sums are kept in f64 (llama.cpp keeps f32; f64 loses nothing at very long calibration runs
+/// and rounds to the same f32 to within a few ulps at short ones). Each column is summed in
+/// row order whatever the work split, so the result does not depend on the thread count.
+#[derive(Clone, Debug, Default)]
+pub struct ImatrixAccumulator {
+    entries: BTreeMap<String, AccEntry>,
+}
+
+#[derive(Clone, Debug)]
+struct AccEntry {
+    sums: Vec<f64>,
+    count: u64,
+}
+
+/// Columns per parallel task in [`ImatrixAccumulator::add_rows`].
+const ACC_COLS_PER_TASK: usize = 128;
+/// Below this many values per call the accumulation runs on the calling thread only.
+const ACC_PARALLEL_MIN: usize = 1 << 16;
+
+impl ImatrixAccumulator {
+    /// An empty accumulator with no weights registered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares the weight `name` with `n_cols` input columns (zero sums, zero count). A second
+    /// registration with the same width keeps the data; another width is an error.
+    pub fn register(&mut self, name: &str, n_cols: usize) -> Result<(), ImatrixError> {
+        match self.entries.get(name) {
+            Some(e) if e.sums.len() == n_cols => Ok(()),
+            Some(e) => Err(ImatrixError::Width {
+                name: name.to_string(),
+                len: n_cols,
+                n_cols: e.sums.len(),
+            }),
+            None if n_cols == 0 => Err(ImatrixError::Width {
+                name: name.to_string(),
+                len: 0,
+                n_cols: 0,
+            }),
+            None => {
+                self.entries.insert(
+                    name.to_string(),
+                    AccEntry {
+                        sums: vec![0.0; n_cols],
+                        count: 0,
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether `name` is registered (only registered weights are collected).
+    pub fn is_registered(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Adds the rows of `acts` (whole rows of the weight's width, row-major) to `name`'s sums
+    /// and counts. Returns `Ok(false)` when `name` is not registered (nothing is done). Errors:
+    /// `acts` is not a whole number of rows, or a sum becomes NaN or infinite (llama-imatrix
+    /// stops there too: such a matrix would poison the quantization).
+    pub fn add_rows(&mut self, name: &str, acts: &[f32]) -> Result<bool, ImatrixError> {
+        use rayon::prelude::*;
+        let Some(e) = self.entries.get_mut(name) else {
+            return Ok(false);
+        };
+        let n_cols = e.sums.len();
+        if !acts.len().is_multiple_of(n_cols) {
+            return Err(ImatrixError::Width {
+                name: name.to_string(),
+                len: acts.len(),
+                n_cols,
+            });
+        }
+        let n_rows = acts.len() / n_cols;
+        let add_block = |c0: usize, block: &mut [f64]| {
+            for row in acts.chunks_exact(n_cols) {
+                let xs = &row[c0..c0 + block.len()];
+                for (s, &x) in block.iter_mut().zip(xs) {
+                    let x = f64::from(x);
+                    *s += x * x;
+                }
+            }
+        };
+        if acts.len() >= ACC_PARALLEL_MIN && rayon::current_num_threads() > 1 {
+            e.sums
+                .par_chunks_mut(ACC_COLS_PER_TASK)
+                .enumerate()
+                .for_each(|(i, block)| add_block(i * ACC_COLS_PER_TASK, block));
+        } else {
+            add_block(0, &mut e.sums);
+        }
+        e.count += n_rows as u64;
+        if e.sums
+            .iter()
+            .any(|s| !s.is_finite() || *s > f64::from(f32::MAX))
+        {
+            return Err(ImatrixError::NonFinite {
+                name: name.to_string(),
+            });
+        }
+        Ok(true)
+    }
+
+    /// Rows (tokens) added to `name` so far.
+    pub fn count(&self, name: &str) -> Option<u64> {
+        self.entries.get(name).map(|e| e.count)
+    }
+
+    /// Names of the registered weights, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// The collected matrix in the GGUF format's terms (raw f32 sums, one count per weight).
+    /// Weights that saw no rows are left out, as llama-imatrix never creates them.
+    pub fn to_imatrix(&self, datasets: Vec<String>, chunk_count: u32, chunk_size: u32) -> Imatrix {
+        Imatrix {
+            format: ImatrixFormat::Gguf,
+            datasets,
+            chunk_count,
+            chunk_size,
+            entries: self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.count > 0)
+                .map(|(k, e)| {
+                    (
+                        k.clone(),
+                        ImatrixEntry {
+                            sums: e.sums.iter().map(|&s| s as f32).collect(),
+                            counts: vec![e.count as f32],
+                        },
+                    )
+                })
+                .collect(),
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod compare;
 mod convert;
 mod export_hf;
+mod imatrix;
 mod inspect;
 mod logits;
 mod perplexity;
@@ -43,6 +44,8 @@ enum Command {
     Compare(compare::Args),
     /// Long-context recall: JSON key-value retrieval accuracy per prompt length × key depth.
     Recall(recall::Args),
+    /// Collect an importance matrix (llama-imatrix's method and file formats) for quantize --imatrix.
+    Imatrix(imatrix::Args),
     /// Make several quantization levels, compare each with the unquantized reference, tabulate, plot and recommend.
     Sweep(sweep::Args),
 }
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::Compare(a) => compare::run(a, cli.json),
         Command::Recall(a) => recall::run(a, cli.json),
         Command::Sweep(a) => sweep::run(a, cli.json),
+        Command::Imatrix(a) => imatrix::run(a, cli.json),
         Command::ExportHf(a) => export_hf::run(a, cli.json),
     };
     match result {

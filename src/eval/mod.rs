@@ -1,4 +1,6 @@
-//! Evaluation of a model on text: [`perplexity`] with llama.cpp's method.
+//! Evaluation of a model on text: [`perplexity`] with llama.cpp's method, KL divergence
+//! ([`kld`]), importance-matrix collection ([`imatrix_collect`]).
+pub mod imatrix_collect;
 pub mod kld;
 pub mod perplexity;
 pub mod plot;
