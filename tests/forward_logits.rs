@@ -4,37 +4,26 @@
 //! - F32 (the Q4_1 fixture dequantized; llama.cpp ran the same dequantization made by
 //!   `llama-quantize ... F32`): last-position logits agree to 1e-3 relative
 //!   (max |ours − theirs| / max |theirs|) and the argmax agrees at every position.
-//! - Q4_1 as shipped: activations are quantized to Q8_0/Q8_1 before every product, and the
-//!   result is chaotic in the last bits: perturbing activations by 1e-7 relative before
-//!   quantization moves SmolLM2's logits by up to ~0.3 (measured with a NumPy emulation of ggml's
-//!   kernels), and llama.cpp's own flash-attention and plain paths differ by ~2 %. So this test
-//!   bounds the relative difference at 1e-1 (measured: 5.7e-2 and 2.9e-2) and requires the same argmax wherever llama.cpp's
-//!   top-1/top-2 margin exceeds 1.5 logits (the largest logit difference measured is 1.25).
+//! - Q4_1 as shipped, and Q8_0 and Q4_K_M made by our converter from the F32 file (the oracle
+//!   recorded each file's sha256; the test remakes the files and checks it): activations are
+//!   quantized to Q8_0/Q8_1/Q8_K before every product, which makes a logit's last bits chaotic —
+//!   a 1-ulp change before a rounding step moves an activation by a whole quantization step.
+//!   llama.cpp itself moves by 2e-2 to 9e-2 relative between its flash-attention and plain
+//!   attention paths on these cases (tests/data/llamacpp/smollm2_selfdiff.json; F32: 2.5e-4 to
+//!   1.2e-3), so the 1e-3 cannot be met by any implementation that is not bit-identical
+//!   to one of llama.cpp's paths. The test bounds our difference by 1.5 × llama.cpp's own and
+//!   requires the same argmax wherever llama.cpp's top-1/top-2 margin exceeds 1.5 logits.
+//!   Measured (2026-11-28): Q8_0 5.1e-2 / 2.2e-2 (llama.cpp's own 7.1e-2 / 2.7e-2), Q4_K_M
+//!   6.6e-2 / 2.6e-2 (own 6.5e-2 / 3.2e-2). Perplexity over 24 chunks, where the noise averages
+//!   out, agrees within 0.1 % (tests/forward_perplexity.rs).
 //!
 //! Needs `fixtures/fetch.sh`; without the fixture the test skips with a note, or fails when CI=true.
 use longquant::formats::gguf::GgufFile;
 use longquant::model::{DequantizedTensors, EvalOptions, Model};
 use std::path::{Path, PathBuf};
 
-fn fixture(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/cache")
-        .join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-    {
-        panic!("fixture {} missing (run fixtures/fetch.sh)", p.display());
-    }
-    eprintln!(
-        "SKIP: fixture {} missing; run fixtures/fetch.sh",
-        p.display()
-    );
-    None
-}
+mod common;
+use common::fixture;
 
 fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
@@ -46,9 +35,9 @@ fn argmax(v: &[f32]) -> usize {
     best
 }
 
-/// Runs every case of `tag` and returns (worst relative difference, positions whose argmax
+/// Runs every case of `tag` and returns (each case's relative difference, positions whose argmax
 /// differs although llama.cpp's margin exceeds `margin_gate`).
-fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (f32, Vec<String>) {
+fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (Vec<f32>, Vec<String>) {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("smollm2_logits.json")).unwrap())
@@ -60,7 +49,7 @@ fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (f32, Vec<String>)
         .filter(|c| c["model"] == tag)
         .collect();
     assert_eq!(cases.len(), 2, "oracle cases for {tag}");
-    let mut worst = 0.0f32;
+    let mut rels = Vec::new();
     let mut bad = Vec::new();
     for c in cases {
         let ids: Vec<u32> = c["ids"]
@@ -108,7 +97,7 @@ fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (f32, Vec<String>)
             "{tag}, {} tokens: max|Δ| {max_diff:.3e}, max|logit| {max_abs:.2}, relative {rel:.3e}",
             ids.len()
         );
-        worst = worst.max(rel);
+        rels.push(rel);
         for (pos, ((g, w), m)) in got_argmax
             .iter()
             .zip(&want_argmax)
@@ -123,7 +112,7 @@ fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (f32, Vec<String>)
         }
         assert_eq!(got_argmax.len(), want_argmax.len());
     }
-    (worst, bad)
+    (rels, bad)
 }
 
 #[test]
@@ -134,7 +123,8 @@ fn smollm2_f32_logits_match_llamacpp() {
     let file = GgufFile::open(&gguf).unwrap();
     let f32s = DequantizedTensors::from_gguf(&file).unwrap();
     let model = Model::load_dequantized(&file, &f32s).unwrap();
-    let (worst, bad) = compare(&model, "f32", -1.0);
+    let (rels, bad) = compare(&model, "f32", -1.0);
+    let worst = rels.iter().fold(0.0f32, |m, &r| m.max(r));
     assert!(
         worst <= 1e-3,
         "relative logit difference {worst:.3e} > 1e-3"
@@ -149,10 +139,84 @@ fn smollm2_q4_1_logits_close_to_llamacpp() {
     };
     let file = GgufFile::open(&gguf).unwrap();
     let model = Model::load(&file).unwrap();
-    let (worst, bad) = compare(&model, "q4_1", 1.5);
-    assert!(
-        worst <= 1e-1,
-        "relative logit difference {worst:.3e} > 1e-1"
-    );
+    within_llamacpp_self_difference(&model, "q4_1");
+}
+
+/// llama.cpp's own last-position difference between flash attention on and off, per case of
+/// `tag` (tests/data/llamacpp/smollm2_selfdiff.json, scripts/llamacpp/smollm2_selfdiff.py).
+fn self_difference(tag: &str) -> Vec<f32> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp/smollm2_selfdiff.json");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["model"] == tag)
+        .map(|c| c["last_rel_fa_on_vs_off"].as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The check for models with quantized activations, whose logits are chaotic in their last bits
+/// (see the module comment): for every case, our relative difference to llama.cpp is at most
+/// 1.5 × llama.cpp's difference to itself between its two attention paths (and never above
+/// 1e-1), and the argmax agrees at every position where llama.cpp's top-1/top-2 margin exceeds
+/// 1.5 logits (its own flips between the two paths all sit below that margin).
+fn within_llamacpp_self_difference(model: &Model<'_>, tag: &str) {
+    let (rels, bad) = compare(model, tag, 1.5);
+    let selfd = self_difference(tag);
+    assert_eq!(rels.len(), selfd.len());
+    for (i, (r, s)) in rels.iter().zip(&selfd).enumerate() {
+        eprintln!("{tag} case {i}: ours vs llama.cpp {r:.3e}, llama.cpp FA on vs off {s:.3e}");
+        assert!(
+            *r <= (1.5 * s).clamp(1e-3, 1e-1),
+            "{tag} case {i}: relative difference {r:.3e} exceeds 1.5 × llama.cpp's own {s:.3e}"
+        );
+    }
     assert!(bad.is_empty(), "argmax differs:\n{}", bad.join("\n"));
+}
+
+/// Q8_0 and Q4_K_M made by our converter from the fixture (tests/common `smol_converted`; the
+/// oracle recorded each file's sha256, checked here so the comparison is on the same bytes).
+fn converted_case(tag: &str, idx: usize) -> Option<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir().unwrap();
+    let files = common::smol_converted(dir.path())?;
+    let path = files[idx].clone();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("smollm2_logits.json")).unwrap())
+            .unwrap();
+    let want = doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["model"] == tag)
+        .and_then(|c| c["model_sha256"].as_str())
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        common::sha256_file(&path),
+        want,
+        "{tag}: not the file llama.cpp ran"
+    );
+    Some((dir, path))
+}
+
+#[test]
+fn smollm2_converted_q8_0_logits_match_llamacpp() {
+    let Some((_dir, path)) = converted_case("q8_0", 1) else {
+        return;
+    };
+    let file = GgufFile::open(&path).unwrap();
+    let model = Model::load(&file).unwrap();
+    within_llamacpp_self_difference(&model, "q8_0");
+}
+
+#[test]
+fn smollm2_converted_q4_k_m_logits_match_llamacpp() {
+    let Some((_dir, path)) = converted_case("q4_k_m", 2) else {
+        return;
+    };
+    let file = GgufFile::open(&path).unwrap();
+    let model = Model::load(&file).unwrap();
+    within_llamacpp_self_difference(&model, "q4_k_m");
 }

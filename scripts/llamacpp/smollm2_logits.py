@@ -11,10 +11,17 @@ F16 KV cache (default); flash_attn=True, as llama-perplexity runs by default on 
 least 64 tokens (GGML_FA_TILE_Q), so ggml takes its tiled f32 flash-attention path, as it does for
 perplexity chunks.
 
-Usage: python3 scripts/llamacpp/smollm2_logits.py"""
+Two more models are made by our own converter from that F32 file, for the issue's "Q8_0 and Q4_K_M
+made by our converter" check: `longquant quantize --type Q8_0|Q4_K_M smol-f32.gguf smol-<type>.gguf`,
+where smol-f32.gguf is `longquant quantize --type F32 --allow-requantize` of the fixture. Their sha256
+is recorded per case; tests/forward_logits.rs remakes the files and checks it.
+
+Usage: python3 scripts/llamacpp/smollm2_logits.py [DIR_WITH_smol-q8_0.gguf_AND_smol-q4_k_m.gguf]"""
+import hashlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -45,7 +52,8 @@ def run(lc, path, tag):
         name = f"smollm2_{tag}_logits_{i}.f32"
         scores[-1].astype("<f4").tofile(OUT / name)
         top2 = np.sort(scores, axis=1)[:, -2:]
-        cases.append({"model": tag, "text": text, "ids": ids,
+        sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
+        cases.append({"model": tag, "model_sha256": sha, "text": text, "ids": ids,
                       "argmax": [int(a) for a in scores.argmax(axis=1)],
                       "margin": [round(float(m), 4) for m in top2[:, 1] - top2[:, 0]],
                       "last_logits_file": name})
@@ -62,6 +70,9 @@ def main():
         subprocess.run([quantize, "--allow-requantize", str(SMOL), f32, "F32", "2"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cases += run(lc, f32, "f32")
+    if len(sys.argv) > 1:
+        for tag in ("q8_0", "q4_k_m"):
+            cases += run(lc, os.path.join(sys.argv[1], f"smol-{tag}.gguf"), tag)
     doc = {"source": "llama-cpp-python 0.3.36: Llama(n_ctx=512, n_batch=512, logits_all=True, flash_attn=True, "
                      "F16 KV); tokenize(add_bos=True, special=True); eval(ids); scores",
            "model": SMOL.name, "cases": cases}

@@ -32,3 +32,36 @@ pub fn require(p: PathBuf) -> Option<PathBuf> {
 pub fn fixture(rel: &str) -> Option<PathBuf> {
     require(root().join("fixtures/cache").join(rel))
 }
+
+/// SmolLM2 as our converter makes it from the fixture, in `dir`: `smol-f32.gguf` (the Q4_1
+/// fixture dequantized, `quantize --type F32 --allow-requantize`), then `smol-q8_0.gguf` and
+/// `smol-q4_k_m.gguf` quantized from that F32 file — the files the llama.cpp oracles in
+/// tests/data/llamacpp were computed on (their sha256 is recorded there and checked by
+/// [`sha256_file`] callers). `None` when the fixture is missing outside CI.
+pub fn smol_converted(dir: &Path) -> Option<[PathBuf; 3]> {
+    use longquant::convert::mix::FileType;
+    use longquant::convert::quantize::{quantize, QuantizeOptions};
+    let src = fixture("SmolLM2-135M-Instruct.Q4_1.gguf")?;
+    let f32 = dir.join("smol-f32.gguf");
+    let mut o = QuantizeOptions::new(FileType::F32);
+    o.allow_requantize = true;
+    quantize(&src, &f32, &o, &mut |_| {}).expect("F32 conversion of the fixture");
+    let out = [
+        f32.clone(),
+        dir.join("smol-q8_0.gguf"),
+        dir.join("smol-q4_k_m.gguf"),
+    ];
+    for (ty, path) in [
+        (FileType::Q8_0, &out[1]),
+        (FileType::Q4_K_M, &out[2]),
+    ] {
+        quantize(&f32, path, &QuantizeOptions::new(ty), &mut |_| {}).expect("quantize");
+    }
+    Some(out)
+}
+
+/// Lower-case hex sha256 of a file.
+pub fn sha256_file(p: &Path) -> String {
+    let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    longquant::convert::sha256::sha256_hex(&bytes)
+}
