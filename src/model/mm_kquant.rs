@@ -1,11 +1,61 @@
 //! Matrix products of K-quant weights (Q4_K, Q5_K, Q6_K) times Q8_K activations.
 //!
-//! Entry points called by `kernels::matmul`: `out[t * rows + r] = w[r] · a[t]`. Each currently
-//! uses the generic row-by-row driver [`mm`]; a register-tiled multi-token kernel replaces it
-//! where one exists (checked against the row-by-row dot products in this file's tests).
+//! Entry points called by `kernels::matmul`: `out[t * rows + r] = w[r] · a[t]`.
+//!
+//! Where the CPU has AVX-512 (BW + VNNI) a register-tiled kernel is used: each weight
+//! super-block is loaded, unpacked to one byte per weight in activation order, and its sub-block
+//! scales are widened to 16-bit lanes ONCE, then multiplied against [`NT`] tokens' activation
+//! blocks (`vpmaddubsw` for the byte products, `vpdpwssd` to apply the scales and accumulate in
+//! one instruction, 64 weights per instruction pair). Row-by-row dot products redo the unpacking
+//! for every token and need three AVX2 instructions per 32 weights for the same work. The i32
+//! lanes are folded to the eight lanes of the quants crate's AVX2 row dot, which then holds the
+//! same integers, and the float work is the row dot's: results are bit-identical to it, so the
+//! forward pass's numbers (and its agreement with llama.cpp) do not move.
+//!
+//! Every token owns its accumulators and sees the same instruction sequence whatever the number
+//! of tokens processed together (the tile kernels are generic over that number), so a token's
+//! result is bit-identical alone (decoding) or inside a batch, which `tests/forward_session.rs`
+//! requires. Without AVX-512 the generic row-by-row driver [`mm`] with the quants crate's dot
+//! products (AVX2 or scalar) is used.
 use super::kernels::mm;
 use longquant_quants::block::{q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k::BlockQ6K, q8_k::BlockQ8K};
 use longquant_quants::simd::Kernels;
+#[cfg(target_arch = "x86_64")]
+use rayon::prelude::*;
+
+/// Tokens per tile-kernel call.
+#[cfg(target_arch = "x86_64")]
+const NT: usize = 4;
+
+/// Bytes of weight rows walked together against one token group (a few rows of a 4096-wide
+/// matrix): they stay in L1 next to the group's activations while every token group of the
+/// task passes over them.
+#[cfg(target_arch = "x86_64")]
+const ROW_BYTES: usize = 12 * 1024;
+
+/// A tile kernel: the dot products of one weight row (`bpr` blocks) with `N` consecutive
+/// tokens' activation rows (`a.len() == N * bpr`), as `[token]`.
+#[cfg(target_arch = "x86_64")]
+type TileFn<W, const N: usize> = unsafe fn(&[W], &[BlockQ8K]) -> [f32; N];
+
+/// Which implementation a product uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// The AVX-512 tile kernels ([`x512`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// Row-by-row dot products of the kernel table through [`mm`].
+    Rows,
+}
+
+/// The fastest variant this CPU runs.
+fn best() -> Variant {
+    #[cfg(target_arch = "x86_64")]
+    if x512::available() {
+        return Variant::Avx512;
+    }
+    Variant::Rows
+}
 
 /// `out[t * rows + r] = w[r] · a[t]` for BlockQ4K weights (bpr blocks per row).
 pub(crate) fn matmul_q4k(
@@ -17,9 +67,27 @@ pub(crate) fn matmul_q4k(
     rows: usize,
     out: &mut [f32],
 ) {
-    mm(w, bpr, n_tok, rows, out, |wr, t| {
-        (k.vec_dot_q4_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-    })
+    matmul_q4k_with(best(), k, w, bpr, a, n_tok, rows, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_q4k_with(
+    v: Variant,
+    k: &Kernels,
+    w: &[BlockQ4K],
+    bpr: usize,
+    a: &[BlockQ8K],
+    n_tok: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    match v {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => drive(w, bpr, a, n_tok, rows, out, x512::q4k::<NT>, x512::q4k::<1>),
+        Variant::Rows => mm(w, bpr, n_tok, rows, out, |wr, t| {
+            (k.vec_dot_q4_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
+        }),
+    }
 }
 
 /// `out[t * rows + r] = w[r] · a[t]` for BlockQ5K weights (bpr blocks per row).
@@ -32,9 +100,27 @@ pub(crate) fn matmul_q5k(
     rows: usize,
     out: &mut [f32],
 ) {
-    mm(w, bpr, n_tok, rows, out, |wr, t| {
-        (k.vec_dot_q5_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-    })
+    matmul_q5k_with(best(), k, w, bpr, a, n_tok, rows, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_q5k_with(
+    v: Variant,
+    k: &Kernels,
+    w: &[BlockQ5K],
+    bpr: usize,
+    a: &[BlockQ8K],
+    n_tok: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    match v {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => drive(w, bpr, a, n_tok, rows, out, x512::q5k::<NT>, x512::q5k::<1>),
+        Variant::Rows => mm(w, bpr, n_tok, rows, out, |wr, t| {
+            (k.vec_dot_q5_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
+        }),
+    }
 }
 
 /// `out[t * rows + r] = w[r] · a[t]` for BlockQ6K weights (bpr blocks per row).
@@ -47,7 +133,573 @@ pub(crate) fn matmul_q6k(
     rows: usize,
     out: &mut [f32],
 ) {
-    mm(w, bpr, n_tok, rows, out, |wr, t| {
-        (k.vec_dot_q6_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-    })
+    matmul_q6k_with(best(), k, w, bpr, a, n_tok, rows, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn matmul_q6k_with(
+    v: Variant,
+    k: &Kernels,
+    w: &[BlockQ6K],
+    bpr: usize,
+    a: &[BlockQ8K],
+    n_tok: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    match v {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => drive(w, bpr, a, n_tok, rows, out, x512::q6k::<NT>, x512::q6k::<1>),
+        Variant::Rows => mm(w, bpr, n_tok, rows, out, |wr, t| {
+            (k.vec_dot_q6_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
+        }),
+    }
+}
+
+/// Rows `r0..r1` of tokens `t0..t0 + nt` into `o` (row `r` of token `t0 + t` at
+/// `o[t * stride + r - r0]`), walking rows in L1-sized groups and, per group, tokens in tiles
+/// of `N`.
+///
+/// # Safety
+/// The CPU features `k4`/`k1` were compiled for must be available.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<W, const N: usize>(
+    w: &[W],
+    bpr: usize,
+    a: &[BlockQ8K],
+    (t0, nt, stride): (usize, usize, usize),
+    (r0, r1): (usize, usize),
+    o: &mut [f32],
+    k4: TileFn<W, N>,
+    k1: TileFn<W, 1>,
+) {
+    let group = (ROW_BYTES / (bpr * std::mem::size_of::<W>()).max(1)).max(1);
+    for g0 in (r0..r1).step_by(group) {
+        let g1 = (g0 + group).min(r1);
+        let mut t = 0;
+        while t + N <= nt {
+            let at = &a[(t0 + t) * bpr..(t0 + t + N) * bpr];
+            for r in g0..g1 {
+                // SAFETY: features guaranteed by the caller; slice lengths are as `TileFn` says.
+                let v = unsafe { k4(&w[r * bpr..(r + 1) * bpr], at) };
+                for (i, x) in v.into_iter().enumerate() {
+                    o[(t + i) * stride + r - r0] = x;
+                }
+            }
+            t += N;
+        }
+        while t < nt {
+            let at = &a[(t0 + t) * bpr..(t0 + t + 1) * bpr];
+            for r in g0..g1 {
+                // SAFETY: as above.
+                let [x] = unsafe { k1(&w[r * bpr..(r + 1) * bpr], at) };
+                o[t * stride + r - r0] = x;
+            }
+            t += 1;
+        }
+    }
+}
+
+/// The parallel driver of the tile kernels. Many tokens: token tiles, one rayon task each (the
+/// outputs of a tile are contiguous). Few tokens (decoding, short batches): rows are split over
+/// tasks and each task runs all tokens against its rows, so weights stream from memory once.
+/// Call only with kernels whose CPU features are available.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn drive<W: Sync, const N: usize>(
+    w: &[W],
+    bpr: usize,
+    a: &[BlockQ8K],
+    n_tok: usize,
+    rows: usize,
+    out: &mut [f32],
+    k4: TileFn<W, N>,
+    k1: TileFn<W, 1>,
+) {
+    use super::kernels::{MAX_TILE, ROW_BLOCK};
+    if rows == 0 || n_tok == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    if n_tok >= 2 * threads {
+        // Tiles of a multiple of N tokens, at least 4 tasks per thread for balance.
+        let tile = n_tok
+            .div_ceil(4 * threads)
+            .next_multiple_of(N)
+            .min(MAX_TILE);
+        out[..n_tok * rows]
+            .par_chunks_mut(tile * rows)
+            .enumerate()
+            .for_each(|(ti, o)| {
+                let nt = o.len() / rows;
+                // SAFETY: the caller checked the features of `k4`/`k1`.
+                unsafe { block(w, bpr, a, (ti * tile, nt, rows), (0, rows), o, k4, k1) }
+            });
+    } else if n_tok == 1 {
+        let chunk = rows.div_ceil(8 * threads).max(ROW_BLOCK);
+        out[..rows]
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                let r0 = bi * chunk;
+                let n = o.len();
+                // SAFETY: as above.
+                unsafe { block(w, bpr, a, (0, 1, n), (r0, r0 + n), o, k4, k1) }
+            });
+    } else {
+        // Chunk `bi` (rows r0..r0+n) is written token-major into tmp[r0 * n_tok..], then
+        // scattered to the caller's token-major layout.
+        let chunk = rows.div_ceil(8 * threads).max(ROW_BLOCK);
+        let mut tmp = vec![0.0f32; rows * n_tok];
+        tmp.par_chunks_mut(chunk * n_tok)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                let r0 = bi * chunk;
+                let n = o.len() / n_tok;
+                // SAFETY: as above.
+                unsafe { block(w, bpr, a, (0, n_tok, n), (r0, r0 + n), o, k4, k1) }
+            });
+        for (bi, o) in tmp.chunks(chunk * n_tok).enumerate() {
+            let r0 = bi * chunk;
+            let n = o.len() / n_tok;
+            for (t, ot) in o.chunks_exact(n).enumerate() {
+                out[t * rows + r0..t * rows + r0 + n].copy_from_slice(ot);
+            }
+        }
+    }
+}
+
+/// AVX-512 (F, BW, VL, VNNI) tile kernels.
+#[cfg(target_arch = "x86_64")]
+mod x512 {
+    use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+    use std::arch::x86_64::*;
+
+    /// Whether the CPU runs these kernels.
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+
+    /// An f16 bit pattern as f32, with F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn f16_bits(bits: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// 32 i16 lanes: lane `i` is `base + i / per`.
+    fn index(base: usize, per: usize) -> [i16; 32] {
+        let mut ix = [0i16; 32];
+        for (i, v) in ix.iter_mut().enumerate() {
+            *v = (base + i / per) as i16;
+        }
+        ix
+    }
+
+    /// Sum of 8 f32 lanes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Sum of 4 f32 lanes, in the row dot's order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn hsum128(m: __m128) -> f32 {
+        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        _mm_cvtss_f32(m)
+    }
+
+    /// Lane `l` plus lane `l + 8` of a block's i32 sums, as f32. A 64-weight chunk puts
+    /// weights 4l..4l+4 of its first 32 in lane `l` and of its second 32 in lane `l + 8`, so
+    /// the fold holds exactly the integers the AVX2 row dot holds in its 8 lanes (products of
+    /// weights 4l..4l+4 of every 32-weight group): the float work that follows is the row dot's,
+    /// and the results are bit-identical to it.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn fold(v: __m512i) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_add_epi32(
+            _mm512_castsi512_si256(v),
+            _mm512_extracti64x4_epi64::<1>(v),
+        ))
+    }
+
+    /// Q4_K/Q5_K scales and mins as 16 i16 lanes (scales in 0..8, mins in 8..16), the
+    /// word-parallel form of ggml's `get_scale_min_k4`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn scales_mins_k4(s: &[u8; 12]) -> __m256i {
+        let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+        let (w0, w1, w2) = (w(0), w(1), w(2));
+        // Scales 0..4: low 6 bits of bytes 0..4; scales 4..8: low nibbles of bytes 8..12 with
+        // the top two bits of bytes 0..4 above them. Mins likewise from bytes 4..8 and the high
+        // nibbles of bytes 8..12.
+        let sc_lo = w0 & 0x3f3f_3f3f;
+        let sc_hi = (w2 & 0x0f0f_0f0f) | (((w0 >> 6) & 0x0303_0303) << 4);
+        let mn_lo = w1 & 0x3f3f_3f3f;
+        let mn_hi = ((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4);
+        let sc = u64::from(sc_lo) | (u64::from(sc_hi) << 32);
+        let mn = u64::from(mn_lo) | (u64::from(mn_hi) << 32);
+        _mm256_cvtepu8_epi16(_mm_set_epi64x(mn as i64, sc as i64))
+    }
+
+    /// Constants shared by the Q4_K and Q5_K kernels: per 64-weight chunk `m`, the i16 index
+    /// vector that spreads scale `2m` over lanes 0..16 and `2m + 1` over 16..32.
+    struct K4Consts {
+        sc_ix: [__m512i; 4],
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn k4_consts() -> K4Consts {
+        // SAFETY: unaligned loads from local arrays of 64 bytes; AVX-512 (caller).
+        unsafe {
+            let ld = |m: usize| _mm512_loadu_si512(index(2 * m, 16).as_ptr().cast());
+            K4Consts {
+                sc_ix: [ld(0), ld(1), ld(2), ld(3)],
+            }
+        }
+    }
+
+    /// The token loop shared by Q4_K and Q5_K: `v[m]` are the block's levels for weights
+    /// 64m..64m+64 (activation order), `sm` its scales and mins.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL/VNNI; `a` holds `N` tokens of `nb` blocks, `b < nb`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn k4_tokens<const N: usize>(
+        c: &K4Consts,
+        v: &[__m512i; 4],
+        sm: __m256i,
+        (wd, wdmin): (f32, f32),
+        a: &[BlockQ8K],
+        (nb, b): (usize, usize),
+        acc: &mut [__m256; N],
+        accm: &mut [__m128; N],
+    ) {
+        // SAFETY: register work plus loads inside the blocks' fixed arrays; AVX-512 (caller).
+        unsafe {
+            let sm512 = _mm512_castsi256_si512(sm);
+            let s: [__m512i; 4] =
+                std::array::from_fn(|m| _mm512_permutexvar_epi16(c.sc_ix[m], sm512));
+            let mins = _mm256_extracti128_si256::<1>(sm);
+            for t in 0..N {
+                let ab = &a[t * nb + b];
+                let mut isum = _mm512_setzero_si512();
+                for m in 0..4 {
+                    let y = _mm512_loadu_si512(ab.qs.as_ptr().add(64 * m).cast());
+                    // Levels 0..31 × i8: pair sums ≤ 2·31·128, exact in i16; vpdpwssd then
+                    // multiplies by the 6-bit scales and accumulates in i32 (exact).
+                    isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(v[m], y), s[m]);
+                }
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(ab.d * wd), fold(isum), acc[t]);
+                // Σ_j min_j · (bsums[2j] + bsums[2j+1]) in 4 lanes, as the row dot forms it.
+                let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+                let q8s = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(bs),
+                    _mm256_extracti128_si256::<1>(bs),
+                );
+                let mi = _mm_madd_epi16(mins, q8s);
+                accm[t] = _mm_fmadd_ps(_mm_set1_ps(-ab.d * wdmin), _mm_cvtepi32_ps(mi), accm[t]);
+            }
+        }
+    }
+
+    /// Q4_K · Q8_K for `N` tokens.
+    ///
+    /// # Safety
+    /// [`available`] must hold; `a.len() == N * w.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn q4k<const N: usize>(w: &[BlockQ4K], a: &[BlockQ8K]) -> [f32; N] {
+        let nb = w.len();
+        assert_eq!(a.len(), N * nb, "q4k: activation length");
+        // SAFETY: register work plus loads inside each block's fixed arrays; AVX-512 (caller).
+        unsafe {
+            let c = k4_consts();
+            let m4 = _mm512_set1_epi8(0x0f);
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut accm = [_mm_setzero_ps(); N];
+            for (b, wb) in w.iter().enumerate() {
+                let sm = scales_mins_k4(&wb.scales);
+                // Bytes 32c..32c+32 hold weights 64c+l (low nibble) and 64c+32+l (high): the
+                // 128-bit lane shuffle puts each 64 weights in activation order.
+                let mut v = [_mm512_setzero_si512(); 4];
+                for h in 0..2 {
+                    let q = _mm512_loadu_si512(wb.qs.as_ptr().add(64 * h).cast());
+                    let lo = _mm512_and_si512(q, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+                    v[2 * h] = _mm512_shuffle_i64x2::<0x44>(lo, hi);
+                    v[2 * h + 1] = _mm512_shuffle_i64x2::<0xee>(lo, hi);
+                }
+                let d = (f16_bits(wb.d.to_bits()), f16_bits(wb.dmin.to_bits()));
+                k4_tokens::<N>(&c, &v, sm, d, a, (nb, b), &mut acc, &mut accm);
+            }
+            std::array::from_fn(|t| hsum256(acc[t]) + hsum128(accm[t]))
+        }
+    }
+
+    /// Q5_K · Q8_K for `N` tokens.
+    ///
+    /// # Safety
+    /// As [`q4k`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn q5k<const N: usize>(w: &[BlockQ5K], a: &[BlockQ8K]) -> [f32; N] {
+        let nb = w.len();
+        assert_eq!(a.len(), N * nb, "q5k: activation length");
+        // SAFETY: register work plus loads inside each block's fixed arrays; AVX-512 (caller).
+        unsafe {
+            let c = k4_consts();
+            let m4 = _mm512_set1_epi8(0x0f);
+            let sixteen = _mm512_set1_epi8(16);
+            // Fifth bit of weight 64m+l is bit 2m of qh[l], of weight 64m+32+l bit 2m+1.
+            let bit: [__m512i; 4] = std::array::from_fn(|m| {
+                _mm512_inserti64x4::<1>(
+                    _mm512_set1_epi8(1 << (2 * m)),
+                    _mm256_set1_epi8(1 << (2 * m + 1)),
+                )
+            });
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut accm = [_mm_setzero_ps(); N];
+            for (b, wb) in w.iter().enumerate() {
+                let sm = scales_mins_k4(&wb.scales);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(wb.qh.as_ptr().cast()));
+                let mut v = [_mm512_setzero_si512(); 4];
+                for h in 0..2 {
+                    let q = _mm512_loadu_si512(wb.qs.as_ptr().add(64 * h).cast());
+                    let lo = _mm512_and_si512(q, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), m4);
+                    v[2 * h] = _mm512_shuffle_i64x2::<0x44>(lo, hi);
+                    v[2 * h + 1] = _mm512_shuffle_i64x2::<0xee>(lo, hi);
+                }
+                for m in 0..4 {
+                    let k = _mm512_test_epi8_mask(qh, bit[m]);
+                    v[m] = _mm512_mask_add_epi8(v[m], k, v[m], sixteen);
+                }
+                let d = (f16_bits(wb.d.to_bits()), f16_bits(wb.dmin.to_bits()));
+                k4_tokens::<N>(&c, &v, sm, d, a, (nb, b), &mut acc, &mut accm);
+            }
+            std::array::from_fn(|t| hsum256(acc[t]) + hsum128(accm[t]))
+        }
+    }
+
+    /// Q6_K · Q8_K for `N` tokens. The −32 offset of the levels is taken out per pair of
+    /// products, as the row dot does.
+    ///
+    /// # Safety
+    /// As [`q4k`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn q6k<const N: usize>(w: &[BlockQ6K], a: &[BlockQ8K]) -> [f32; N] {
+        let nb = w.len();
+        assert_eq!(a.len(), N * nb, "q6k: activation length");
+        // SAFETY: register work plus loads inside each block's fixed arrays; AVX-512 (caller).
+        unsafe {
+            let m4 = _mm512_set1_epi8(0x0f);
+            let m3 = _mm512_set1_epi8(3);
+            let m32 = _mm512_set1_epi8(32);
+            let sc_ix: [__m512i; 4] =
+                std::array::from_fn(|j| _mm512_loadu_si512(index(4 * j, 8).as_ptr().cast()));
+            // The two high bits of weight 128h+32k+l are bits 2k..2k+2 of qh[32h+l]: per i16
+            // lane shift counts for k = 0,1 (first pair) and k = 2,3 (second pair).
+            let sh = |a: i16, b: i16| {
+                _mm512_inserti64x4::<1>(_mm512_set1_epi16(a), _mm256_set1_epi16(b))
+            };
+            let (sh01, sh23) = (sh(0, 2), sh(4, 6));
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (b, wb) in w.iter().enumerate() {
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.scales.as_ptr().cast()));
+                let sc512 = _mm512_castsi256_si512(sc16);
+                let s: [__m512i; 4] =
+                    std::array::from_fn(|j| _mm512_permutexvar_epi16(sc_ix[j], sc512));
+                let mut v = [_mm512_setzero_si512(); 4];
+                for h in 0..2 {
+                    let l = _mm512_loadu_si512(wb.ql.as_ptr().add(64 * h).cast());
+                    let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        wb.qh.as_ptr().add(32 * h).cast(),
+                    ));
+                    let hb =
+                        |s| _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srlv_epi16(qh, s), m3));
+                    // Low nibbles of ql[64h..64h+64] are weights 128h..128h+64 in order, high
+                    // nibbles 128h+64..128h+128.
+                    v[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), hb(sh01));
+                    v[2 * h + 1] =
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16::<4>(l), m4), hb(sh23));
+                }
+                let wd = f16_bits(wb.d.to_bits());
+                for t in 0..N {
+                    let ab = &a[t * nb + b];
+                    let mut isum = _mm512_setzero_si512();
+                    for j in 0..4 {
+                        let y = _mm512_loadu_si512(ab.qs.as_ptr().add(64 * j).cast());
+                        // Pairs of level·y (levels 0..63) minus pairs of 32·y: ≤ 2·63·128 and
+                        // 2·32·128, difference exact in i16; the offset is removed per lane as
+                        // the row dot does, so the lanes hold the same integers.
+                        let p = _mm512_sub_epi16(
+                            _mm512_maddubs_epi16(v[j], y),
+                            _mm512_maddubs_epi16(m32, y),
+                        );
+                        isum = _mm512_dpwssd_epi32(isum, p, s[j]);
+                    }
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(ab.d * wd), fold(isum), acc[t]);
+                }
+            }
+            std::array::from_fn(|t| hsum256(acc[t]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use longquant_quants::block::{q4_k, q5_k, q6_k, q8_k};
+    use longquant_quants::simd::{kernels, scalar_kernels, VecDotFn};
+    use longquant_quants::QK_K;
+
+    type MatmulFn<W> = fn(Variant, &Kernels, &[W], usize, &[BlockQ8K], usize, usize, &mut [f32]);
+
+    /// Every implementation this CPU runs.
+    fn variants() -> Vec<(Variant, &'static Kernels)> {
+        let mut v = vec![
+            (Variant::Rows, kernels()),
+            (Variant::Rows, scalar_kernels()),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if x512::available() {
+            v.push((Variant::Avx512, kernels()));
+        }
+        v
+    }
+
+    /// Deterministic pseudo-random values in [-1, 1) with occasional outliers.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let u = (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                if i % 97 == 0 {
+                    u * 8.0
+                } else {
+                    u
+                }
+            })
+            .collect()
+    }
+
+    fn acts(n_tok: usize, bpr: usize, seed: u64) -> Vec<BlockQ8K> {
+        let x = values(n_tok * bpr * QK_K, seed);
+        let mut a = vec![BlockQ8K::default(); n_tok * bpr];
+        (kernels().quantize_row_q8_k)(&x, &mut a);
+        a
+    }
+
+    /// Checks a matmul against the row-by-row dots of every kernel table and against itself
+    /// (every token alone gives the same bits as inside the batch).
+    #[allow(clippy::type_complexity)]
+    fn check<W: Clone + Default>(
+        quantize: fn(&[f32], &mut [W]),
+        dequantize: fn(&[W], &mut [f32]),
+        dot: fn(&Kernels) -> VecDotFn<W, BlockQ8K>,
+        matmul: MatmulFn<W>,
+    ) {
+        for (bpr, rows) in [(1usize, 7usize), (3, 37), (2, 1), (6, 19)] {
+            let x = values(rows * bpr * QK_K, 11 + rows as u64);
+            let mut w = vec![W::default(); rows * bpr];
+            quantize(&x, &mut w);
+            let mut wf = vec![0.0f32; rows * bpr * QK_K];
+            dequantize(&w, &mut wf);
+            for n_tok in 1..=9 {
+                let a = acts(n_tok, bpr, 5 + n_tok as u64);
+                let mut af = vec![0.0f32; n_tok * bpr * QK_K];
+                q8_k::dequantize_row_q8_k(&a, &mut af);
+                for (v, k) in variants() {
+                    let mut out = vec![f32::NAN; n_tok * rows];
+                    matmul(v, k, &w, bpr, &a, n_tok, rows, &mut out);
+                    for t in 0..n_tok {
+                        let at = &a[t * bpr..(t + 1) * bpr];
+                        for r in 0..rows {
+                            let wr = &w[r * bpr..(r + 1) * bpr];
+                            let want = dot(scalar_kernels())(wr, at);
+                            let mag: f32 = wf[r * bpr * QK_K..(r + 1) * bpr * QK_K]
+                                .iter()
+                                .zip(&af[t * bpr * QK_K..(t + 1) * bpr * QK_K])
+                                .map(|(p, q)| (p * q).abs())
+                                .sum();
+                            let got = out[t * rows + r];
+                            #[cfg(target_arch = "x86_64")]
+                            if v == Variant::Avx512 {
+                                // Same integer lanes and float order as the AVX2 row dot
+                                // (which `kernels()` is wherever AVX-512 is).
+                                assert_eq!(
+                                    got.to_bits(),
+                                    dot(kernels())(wr, at).to_bits(),
+                                    "bpr {bpr} rows {rows} n_tok {n_tok} t {t} r {r}"
+                                );
+                            }
+                            assert!(
+                                (got - want).abs() <= 1e-5 * mag,
+                                "bpr {bpr} rows {rows} n_tok {n_tok} t {t} r {r}: {got} vs {want} (Σ|w·a| {mag})"
+                            );
+                        }
+                        // The same token alone: bit-identical.
+                        let mut one = vec![f32::NAN; rows];
+                        matmul(v, k, &w, bpr, at, 1, rows, &mut one);
+                        assert_eq!(
+                            one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            out[t * rows..(t + 1) * rows]
+                                .iter()
+                                .map(|v| v.to_bits())
+                                .collect::<Vec<_>>(),
+                            "bpr {bpr} rows {rows} n_tok {n_tok} t {t}: alone differs from batch"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4k_matches_row_dots() {
+        check(
+            q4_k::quantize_row_q4_k_ref,
+            q4_k::dequantize_row_q4_k,
+            |k| k.vec_dot_q4_k_q8_k,
+            matmul_q4k_with,
+        );
+    }
+
+    #[test]
+    fn q5k_matches_row_dots() {
+        check(
+            q5_k::quantize_row_q5_k_ref,
+            q5_k::dequantize_row_q5_k,
+            |k| k.vec_dot_q5_k_q8_k,
+            matmul_q5k_with,
+        );
+    }
+
+    #[test]
+    fn q6k_matches_row_dots() {
+        check(
+            q6_k::quantize_row_q6_k_ref,
+            q6_k::dequantize_row_q6_k,
+            |k| k.vec_dot_q6_k_q8_k,
+            matmul_q6k_with,
+        );
+    }
 }
