@@ -42,10 +42,22 @@ pub struct EvalOptions {
 const TOKEN_TILE: usize = 512;
 /// Positions per output-head tile (bounds the logits buffer to `LOGIT_TILE × n_vocab`).
 const LOGIT_TILE: usize = 32;
-/// Query rows per attention task.
+/// Query rows per attention task (batch evaluation).
 const BQ: usize = 32;
-/// Keys per attention block.
+/// Keys per attention block: the unit of the K/V layout and of the online softmax.
 const BK: usize = 64;
+/// Keys per attention super-block (a multiple of [`BK`]). Every query's softmax is accumulated
+/// separately over each super-block and the partial results are merged in order, so decoding
+/// can spread one query's keys over threads and still give batch evaluation's bits.
+const SB: usize = 8 * BK;
+/// Below this many queries, attention splits the keys (super-blocks) across tasks instead of
+/// the queries.
+const SPLIT_BELOW: usize = 64;
+/// Below this many query·key·dim products, decoding attention stays on the calling thread.
+const PAR_MIN_ATTN: usize = 1 << 19;
+/// Below this many elements, elementwise work stays on the calling thread: a rayon dispatch
+/// costs more than the work (decoding runs a few hundred such ops per token).
+const PAR_MIN: usize = 1 << 15;
 
 /// A Llama model ready to run: hyperparameters plus weights borrowed from the GGUF map.
 #[derive(Debug)]
@@ -56,74 +68,174 @@ pub struct Model<'a> {
     pub weights: Weights<'a>,
 }
 
-/// One layer's K or V rows (`n_embd_kv` values per position), in the cache type.
+/// K or V values in the cache type.
 #[derive(Debug)]
-enum KvBuf {
+enum KvData {
     F16(Vec<f16>),
     F32(Vec<f32>),
 }
 
-impl KvBuf {
-    fn new(t: KvType) -> Self {
-        match t {
-            KvType::F16 => KvBuf::F16(Vec::new()),
-            KvType::F32 => KvBuf::F32(Vec::new()),
+/// A borrowed K or V block in the cache type.
+#[derive(Clone, Copy)]
+enum KvSlice<'b> {
+    F16(&'b [f16]),
+    F32(&'b [f32]),
+}
+
+/// K and V of one layer for every position evaluated so far, laid out for attention: per
+/// block of [`BK`] positions and per KV head, K transposed (`[dim][key]`, so one query's scores
+/// against a block are BK-wide vector FMAs) and V row-major (`[key][dim]`, so the weighted sum
+/// is head-width vector FMAs per key). Blocks are zero-padded to BK positions.
+#[derive(Debug)]
+struct LayerKv {
+    k: KvData,
+    v: KvData,
+    len: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+}
+
+impl LayerKv {
+    fn new(t: KvType, n_head_kv: usize, head_dim: usize) -> Self {
+        let data = || match t {
+            KvType::F16 => KvData::F16(Vec::new()),
+            KvType::F32 => KvData::F32(Vec::new()),
+        };
+        Self {
+            k: data(),
+            v: data(),
+            len: 0,
+            n_head_kv,
+            head_dim,
         }
     }
 
     fn clear(&mut self) {
-        match self {
-            KvBuf::F16(b) => b.clear(),
-            KvBuf::F32(b) => b.clear(),
-        }
-    }
-
-    /// Appends `src` (rounded to f16 for an F16 cache, as ggml's `set_rows` into the cache does).
-    fn push(&mut self, src: &[f32]) {
-        match self {
-            KvBuf::F16(b) => {
-                let at = b.len();
-                b.resize(at + src.len(), f16::ZERO);
-                let conv = kernels().f32_to_f16_row;
-                b[at..]
-                    .par_chunks_mut(4096)
-                    .zip(src.par_chunks(4096))
-                    .for_each(|(d, s)| conv(s, d));
+        for b in [&mut self.k, &mut self.v] {
+            match b {
+                KvData::F16(b) => b.clear(),
+                KvData::F32(b) => b.clear(),
             }
-            KvBuf::F32(b) => b.extend_from_slice(src),
         }
+        self.len = 0;
     }
 
-    /// Copies `dst.len()` elements starting at `at` into `dst` as f32.
-    #[inline]
-    fn load(&self, at: usize, dst: &mut [f32]) {
-        match self {
-            KvBuf::F16(b) => (kernels().f16_to_f32_row)(&b[at..at + dst.len()], dst),
-            KvBuf::F32(b) => dst.copy_from_slice(&b[at..at + dst.len()]),
+    /// Elements of one (block, KV head) piece of K or V.
+    fn block_len(&self) -> usize {
+        self.head_dim * BK
+    }
+
+    /// Appends the rows of `k` and `v` (`n_embd_kv` values per position), rounded to f16 for
+    /// an F16 cache as ggml's `set_rows` into its cache does.
+    fn push(&mut self, k: &[f32], v: &[f32]) {
+        let (nkv, hd) = (self.n_head_kv, self.head_dim);
+        let dkv = nkv * hd;
+        let n = k.len() / dkv;
+        let total = (self.len + n).div_ceil(BK) * nkv * self.block_len();
+        let len = self.len;
+        match (&mut self.k, &mut self.v) {
+            (KvData::F16(kb), KvData::F16(vb)) => {
+                kb.resize(total, f16::ZERO);
+                vb.resize(total, f16::ZERO);
+                let conv = kernels().f32_to_f16_row;
+                let (mut kh, mut vh) = (vec![f16::ZERO; dkv], vec![f16::ZERO; dkv]);
+                for (r, (kr, vr)) in k.chunks_exact(dkv).zip(v.chunks_exact(dkv)).enumerate() {
+                    conv(kr, &mut kh);
+                    conv(vr, &mut vh);
+                    scatter_kv(kb, vb, &kh, &vh, len + r, nkv, hd);
+                }
+            }
+            (KvData::F32(kb), KvData::F32(vb)) => {
+                kb.resize(total, 0.0);
+                vb.resize(total, 0.0);
+                for (r, (kr, vr)) in k.chunks_exact(dkv).zip(v.chunks_exact(dkv)).enumerate() {
+                    scatter_kv(kb, vb, kr, vr, len + r, nkv, hd);
+                }
+            }
+            // Both halves are made by the same constructor.
+            _ => unreachable!("K and V of one layer share the cache type"),
         }
+        self.len += n;
+    }
+
+    /// K (transposed) and V of KV head `g` in key block `b`.
+    fn block(&self, b: usize, g: usize) -> (KvSlice<'_>, KvSlice<'_>) {
+        let bl = self.block_len();
+        let at = (b * self.n_head_kv + g) * bl;
+        fn pick(d: &KvData, at: usize, bl: usize) -> KvSlice<'_> {
+            match d {
+                KvData::F16(x) => KvSlice::F16(&x[at..at + bl]),
+                KvData::F32(x) => KvSlice::F32(&x[at..at + bl]),
+            }
+        }
+        (pick(&self.k, at, bl), pick(&self.v, at, bl))
     }
 }
 
-/// K and V of one layer for every position evaluated so far.
-#[derive(Debug)]
-struct LayerKv {
-    k: KvBuf,
-    v: KvBuf,
+/// Writes position `p`'s K and V rows into the blocked layout of [`LayerKv`].
+fn scatter_kv<T: Copy>(
+    kb: &mut [T],
+    vb: &mut [T],
+    krow: &[T],
+    vrow: &[T],
+    p: usize,
+    nkv: usize,
+    hd: usize,
+) {
+    let (b, j) = (p / BK, p % BK);
+    for g in 0..nkv {
+        let base = (b * nkv + g) * hd * BK;
+        let ks = &krow[g * hd..(g + 1) * hd];
+        for (c, &x) in ks.iter().enumerate() {
+            kb[base + c * BK + j] = x;
+        }
+        vb[base + j * hd..base + (j + 1) * hd].copy_from_slice(&vrow[g * hd..(g + 1) * hd]);
+    }
 }
 
-impl LayerKv {
-    fn new(t: KvType) -> Self {
-        Self {
-            k: KvBuf::new(t),
-            v: KvBuf::new(t),
-        }
+/// Applies `f` to matching `chunk`-sized pieces of `a` and `b`, on the rayon pool only when
+/// there is enough work to pay for the dispatch.
+fn zip_chunks<A: Send, B: Sync>(
+    a: &mut [A],
+    b: &[B],
+    chunk: usize,
+    f: impl Fn(&mut [A], &[B]) + Sync + Send,
+) {
+    if a.len() >= PAR_MIN {
+        a.par_chunks_mut(chunk)
+            .zip(b.par_chunks(chunk))
+            .for_each(|(x, y)| f(x, y));
+    } else {
+        a.chunks_mut(chunk)
+            .zip(b.chunks(chunk))
+            .for_each(|(x, y)| f(x, y));
     }
+}
+
+/// Applies `f(index, piece)` to every `chunk`-sized piece of `a`, in parallel only when large.
+fn for_chunks<A: Send>(a: &mut [A], chunk: usize, f: impl Fn(usize, &mut [A]) + Sync + Send) {
+    if a.len() >= PAR_MIN {
+        a.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, x)| f(i, x));
+    } else {
+        a.chunks_mut(chunk).enumerate().for_each(|(i, x)| f(i, x));
+    }
+}
+
+/// `x += o`, elementwise.
+fn add_in_place(x: &mut [f32], o: &[f32]) {
+    zip_chunks(x, o, 4096, |x, o| {
+        for (x, &o) in x.iter_mut().zip(o) {
+            *x += o;
+        }
+    });
 }
 
 /// RMSNorm of each `d`-wide row of `x` into `y`, times `gain`.
 fn rms_norm(x: &[f32], gain: &[f32], eps: f32, y: &mut [f32]) {
     let d = gain.len();
-    y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+    zip_chunks(y, x, d, |y, x| {
         let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
         let mean = (sum / d as f64) as f32;
         let scale = 1.0f32 / (mean + eps).sqrt();
@@ -144,7 +256,8 @@ pub struct SessionOptions {
 ///
 /// [`Session::feed`] appends tokens (a whole prompt at once, then one token at a time, or any
 /// mix) and runs exactly the kernels [`Model::eval`] runs, so feeding a sequence in pieces
-/// gives the logits of evaluating it whole (up to the order of f32 sums in attention).
+/// gives bit for bit the logits of evaluating it whole (attention visits every query's keys in
+/// the same blocks and super-blocks whatever the batch).
 #[derive(Debug)]
 pub struct Session<'m, 'a> {
     model: &'m Model<'a>,
@@ -253,7 +366,7 @@ impl<'a> Model<'a> {
         Session {
             model: self,
             kv: (0..self.config.n_layer)
-                .map(|_| LayerKv::new(opts.kv_type))
+                .map(|_| LayerKv::new(opts.kv_type, self.config.n_head_kv, self.config.head_dim))
                 .collect(),
             len: 0,
         }
@@ -296,7 +409,11 @@ impl<'a> Model<'a> {
         on_logits: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), ModelError> {
         self.check_tokens(tokens, 0)?;
-        let mut kv = [LayerKv::new(opts.kv_type)];
+        let mut kv = [LayerKv::new(
+            opts.kv_type,
+            self.config.n_head_kv,
+            self.config.head_dim,
+        )];
         self.run(tokens, 0, &mut kv, true, logits_from, on_logits, None);
         Ok(())
     }
@@ -317,7 +434,11 @@ impl<'a> Model<'a> {
         observe: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<(), ModelError> {
         self.check_tokens(tokens, 0)?;
-        let mut kv = [LayerKv::new(opts.kv_type)];
+        let mut kv = [LayerKv::new(
+            opts.kv_type,
+            self.config.n_head_kv,
+            self.config.head_dim,
+        )];
         self.run(
             tokens,
             0,
@@ -365,11 +486,9 @@ impl<'a> Model<'a> {
 
         // Embedding lookup.
         let mut x = vec![0.0f32; n * d];
-        x.par_chunks_mut(d)
-            .zip(tokens.par_iter())
-            .for_each(|(row, &id)| {
-                w.token_embd.dequantize_row(id as usize, row);
-            });
+        for_chunks(&mut x, d, |i, row| {
+            w.token_embd.dequantize_row(tokens[i] as usize, row);
+        });
 
         let rope = RopeTable::new(cfg, w.rope_freqs.as_deref(), p0, n);
         let mut q = vec![0.0f32; n * d];
@@ -384,8 +503,7 @@ impl<'a> Model<'a> {
         for (il, lw) in w.layers.iter().enumerate() {
             let cache = if scratch {
                 let c = &mut kv[0];
-                c.k.clear();
-                c.v.clear();
+                c.clear();
                 c
             } else {
                 &mut kv[il]
@@ -404,11 +522,10 @@ impl<'a> Model<'a> {
                 acts.matmul(&lw.wv, &mut vt[..nt * dkv]);
                 rope.apply(qs, t0, cfg.n_head, cfg.head_dim);
                 rope.apply(&mut kt[..nt * dkv], t0, cfg.n_head_kv, cfg.head_dim);
-                cache.k.push(&kt[..nt * dkv]);
-                cache.v.push(&vt[..nt * dkv]);
+                cache.push(&kt[..nt * dkv], &vt[..nt * dkv]);
             }
             // Attention output overwrites the queries.
-            attention(&mut q, p0, &cache.k, &cache.v, cfg);
+            attention(&mut q, p0, cache, cfg);
             // Output projection, residual, FFN, residual — tile by tile.
             for t0 in (0..n).step_by(tile) {
                 let nt = tile.min(n - t0);
@@ -416,9 +533,7 @@ impl<'a> Model<'a> {
                 show(Some(il), &["attn_output"], &q[t0 * d..(t0 + nt) * d]);
                 ActCache::new(&q[t0 * d..(t0 + nt) * d], d).matmul(&lw.wo, os);
                 let xs = &mut x[t0 * d..(t0 + nt) * d];
-                xs.par_iter_mut()
-                    .zip(os.par_iter())
-                    .for_each(|(x, o)| *x += o);
+                add_in_place(xs, os);
                 let xn = &mut xn[..nt * d];
                 rms_norm(xs, &lw.ffn_norm, cfg.rms_eps, xn);
                 show(Some(il), &["ffn_gate", "ffn_up"], xn);
@@ -426,18 +541,14 @@ impl<'a> Model<'a> {
                 let mut acts = ActCache::new(xn, d);
                 acts.matmul(&lw.gate, gs);
                 acts.matmul(&lw.up, us);
-                gs.par_chunks_mut(4096)
-                    .zip(us.par_chunks(4096))
-                    .for_each(|(g, u)| {
-                        for (g, &u) in g.iter_mut().zip(u) {
-                            *g = *g / (1.0 + (-*g).exp()) * u;
-                        }
-                    });
+                zip_chunks(gs, us, 4096, |g, u| {
+                    for (g, &u) in g.iter_mut().zip(u) {
+                        *g = *g / (1.0 + (-*g).exp()) * u;
+                    }
+                });
                 show(Some(il), &["ffn_down"], gs);
                 ActCache::new(gs, cfg.n_ff).matmul(&lw.down, os);
-                xs.par_iter_mut()
-                    .zip(os.par_iter())
-                    .for_each(|(x, o)| *x += o);
+                add_in_place(xs, os);
             }
         }
 
@@ -473,17 +584,15 @@ impl RopeTable {
         let half = cfg.n_rot / 2;
         let theta_scale = cfg.rope_freq_base.powf(-2.0 / cfg.n_rot as f32);
         let mut cs = vec![(0.0f32, 0.0f32); n * half];
-        cs.par_chunks_mut(half.max(1))
-            .enumerate()
-            .for_each(|(r, row)| {
-                let mut theta = (p0 + r) as f32;
-                for (i, c) in row.iter_mut().enumerate() {
-                    let ff = freqs.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
-                    let t = theta / ff;
-                    *c = (t.cos(), t.sin());
-                    theta *= theta_scale;
-                }
-            });
+        for_chunks(&mut cs, half.max(1), |r, row| {
+            let mut theta = (p0 + r) as f32;
+            for (i, c) in row.iter_mut().enumerate() {
+                let ff = freqs.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
+                let t = theta / ff;
+                *c = (t.cos(), t.sin());
+                theta *= theta_scale;
+            }
+        });
         Self { half, cs }
     }
 
@@ -494,60 +603,323 @@ impl RopeTable {
         if half == 0 {
             return;
         }
-        x.par_chunks_mut(n_heads * head_dim)
-            .enumerate()
-            .for_each(|(r, row)| {
-                let cs = &self.cs[(r0 + r) * half..(r0 + r + 1) * half];
-                for head in row.chunks_mut(head_dim) {
-                    for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
-                        let (x0, x1) = (pair[0], pair[1]);
-                        pair[0] = x0 * c - x1 * s;
-                        pair[1] = x0 * s + x1 * c;
-                    }
+        for_chunks(x, n_heads * head_dim, |r, row| {
+            let cs = &self.cs[(r0 + r) * half..(r0 + r + 1) * half];
+            for head in row.chunks_mut(head_dim) {
+                for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * c - x1 * s;
+                    pair[1] = x0 * s + x1 * c;
                 }
-            });
+            }
+        });
+    }
+}
+
+/// Head geometry shared by the attention kernels.
+#[derive(Clone, Copy)]
+struct Heads {
+    hd: usize,
+    nh: usize,
+    nkv: usize,
+    group: usize,
+    scale: f32,
+}
+
+impl Heads {
+    fn new(nh: usize, nkv: usize, hd: usize) -> Self {
+        Self {
+            hd,
+            nh,
+            nkv,
+            group: nh / nkv,
+            scale: 1.0f32 / (hd as f32).sqrt(),
+        }
+    }
+}
+
+/// Online-softmax state of a set of query rows: running max `m`, running sum `l` and the
+/// unnormalized output `acc` (`hd` values per row).
+struct RowState {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+impl RowState {
+    fn new(rows: usize, hd: usize) -> Self {
+        Self {
+            m: vec![f32::NEG_INFINITY; rows],
+            l: vec![0.0; rows],
+            acc: vec![0.0; rows * hd],
+        }
+    }
+
+    fn reset(&mut self) {
+        self.m.fill(f32::NEG_INFINITY);
+        self.l.fill(0.0);
+        self.acc.fill(0.0);
+    }
+
+    /// Folds `part` (the same rows over later keys) into `self`. Plain f32 arithmetic, so the
+    /// result depends only on the two states, never on how the work was scheduled.
+    fn merge(&mut self, part: &RowState, hd: usize) {
+        for r in 0..self.m.len() {
+            let pm = part.m[r];
+            if pm == f32::NEG_INFINITY {
+                continue;
+            }
+            let (acc, pacc) = (
+                &mut self.acc[r * hd..(r + 1) * hd],
+                &part.acc[r * hd..(r + 1) * hd],
+            );
+            let tm = self.m[r];
+            if tm == f32::NEG_INFINITY {
+                self.m[r] = pm;
+                self.l[r] = part.l[r];
+                acc.copy_from_slice(pacc);
+                continue;
+            }
+            let m = tm.max(pm);
+            let (c1, c2) = (exp_neg(tm - m), exp_neg(pm - m));
+            self.l[r] = self.l[r] * c1 + part.l[r] * c2;
+            for (a, &b) in acc.iter_mut().zip(pacc) {
+                *a = *a * c1 + b * c2;
+            }
+            self.m[r] = m;
+        }
+    }
+}
+
+/// The query rows of one task for one KV head: row `r` is query head `gk·group + r % group`
+/// of the query at position `pos[r]`.
+struct Rows {
+    q: Vec<f32>,
+    pos: Vec<usize>,
+}
+
+impl Rows {
+    /// Gathers KV head `g`'s query heads from `nq` rows of `q` (positions `i0..`).
+    fn gather(q: &[f32], i0: usize, g: usize, h: &Heads) -> Self {
+        let d = h.nh * h.hd;
+        let nq = q.len() / d;
+        let mut rows = Rows {
+            q: Vec::with_capacity(nq * h.group * h.hd),
+            pos: Vec::with_capacity(nq * h.group),
+        };
+        for qi in 0..nq {
+            for hh in 0..h.group {
+                let head = g * h.group + hh;
+                rows.q
+                    .extend_from_slice(&q[qi * d + head * h.hd..qi * d + (head + 1) * h.hd]);
+                rows.pos.push(i0 + qi);
+            }
+        }
+        rows
+    }
+
+    /// Writes the normalized outputs of `st` back into the rows of `q` they came from.
+    fn scatter(&self, st: &RowState, q: &mut [f32], g: usize, h: &Heads) {
+        let d = h.nh * h.hd;
+        for r in 0..self.pos.len() {
+            let (qi, head) = (r / h.group, g * h.group + r % h.group);
+            let inv = 1.0 / st.l[r];
+            let dst = &mut q[qi * d + head * h.hd..qi * d + (head + 1) * h.hd];
+            for (o, &a) in dst.iter_mut().zip(&st.acc[r * h.hd..(r + 1) * h.hd]) {
+                *o = a * inv;
+            }
+        }
+    }
+}
+
+/// Which attention block kernel this CPU runs (the same for every call of a process, so batch
+/// evaluation and decoding agree bit for bit).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AttnKernel {
+    /// Register-tiled AVX-512 kernel (needs `head_dim % 16 == 0`).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// The portable kernel compiled for AVX2+FMA.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// The portable kernel.
+    Portable,
+}
+
+impl AttnKernel {
+    fn detect(hd: usize) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if hd.is_multiple_of(16)
+                && has!("avx512f")
+                && has!("fma")
+                && has!("f16c")
+                && has!("avx2")
+            {
+                return AttnKernel::Avx512;
+            }
+            if has!("avx2") && has!("fma") {
+                return AttnKernel::Avx2;
+            }
+        }
+        let _ = hd;
+        AttnKernel::Portable
+    }
+}
+
+/// Per-task scratch: probabilities of one key block for every row, and K/V blocks widened to f32.
+struct Scratch {
+    p: Vec<f32>,
+    kf: Vec<f32>,
+    vf: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(rows: usize, hd: usize) -> Self {
+        Self {
+            p: vec![0.0; rows * BK],
+            kf: vec![0.0; hd * BK],
+            vf: vec![0.0; hd * BK],
+        }
+    }
+}
+
+/// Widens a cache block to f32 into `buf` (or borrows it when it already is f32).
+fn widen<'b>(s: KvSlice<'b>, buf: &'b mut [f32]) -> &'b [f32] {
+    match s {
+        KvSlice::F32(x) => x,
+        KvSlice::F16(x) => {
+            (kernels().f16_to_f32_row)(x, buf);
+            buf
+        }
+    }
+}
+
+/// Accumulates into `st` the attention of `rows` over KV head `g`'s keys in super-block `sb`
+/// (causal: row `r` sees keys `..= pos[r]`), key block by key block. A row's result depends only
+/// on its own query, its position and the cache, never on the other rows.
+#[allow(clippy::too_many_arguments)]
+fn attend_superblock(
+    kern: AttnKernel,
+    rows: &Rows,
+    kv: &LayerKv,
+    g: usize,
+    sb: usize,
+    st: &mut RowState,
+    sc: &mut Scratch,
+    h: &Heads,
+) {
+    let kend = rows
+        .pos
+        .iter()
+        .copied()
+        .max()
+        .map_or(0, |p| p + 1)
+        .min(kv.len);
+    let nr = rows.pos.len();
+    let p = &mut sc.p[..nr * BK];
+    for j0 in (sb * SB..((sb + 1) * SB).min(kend)).step_by(BK) {
+        // Keys that exist and are visible to some row.
+        let jn = BK.min(kend - j0);
+        let (kb, vb) = kv.block(j0 / BK, g);
+        match kern {
+            #[cfg(target_arch = "x86_64")]
+            AttnKernel::Avx512 => match (kb, vb) {
+                // Few rows (decoding): read the f16 cache directly, converting on load.
+                (KvSlice::F16(k), KvSlice::F16(v)) if nr < 12 => {
+                    // SAFETY: AttnKernel::Avx512 is chosen only when AVX-512F, FMA, F16C and
+                    // AVX2 were detected at run time and head_dim is a multiple of 16.
+                    unsafe { avx512::block(&rows.q, &rows.pos, j0, jn, k, v, h, st, p) }
+                }
+                _ => {
+                    let k = widen(kb, &mut sc.kf);
+                    let v = widen(vb, &mut sc.vf);
+                    // SAFETY: as above.
+                    unsafe { avx512::block(&rows.q, &rows.pos, j0, jn, k, v, h, st, p) }
+                }
+            },
+            #[cfg(target_arch = "x86_64")]
+            AttnKernel::Avx2 => {
+                let k = widen(kb, &mut sc.kf);
+                let v = widen(vb, &mut sc.vf);
+                // SAFETY: AttnKernel::Avx2 is chosen only when AVX2 and FMA were detected.
+                unsafe { block_portable_avx2(&rows.q, &rows.pos, j0, jn, k, v, h, st, p) }
+            }
+            AttnKernel::Portable => {
+                let k = widen(kb, &mut sc.kf);
+                let v = widen(vb, &mut sc.vf);
+                block_portable(&rows.q, &rows.pos, j0, jn, k, v, h, st, p)
+            }
+        }
     }
 }
 
 /// Causal grouped-query attention, in place: row `i` of `q` (n × n_head·head_dim, position
-/// `p0 + i`) is replaced by its attention output over keys `0..=p0 + i` of `k`/`v`. Tasks own
-/// blocks of [`BQ`] query rows; for each KV head, key/value blocks of [`BK`] rows are widened
-/// to f32 once and used by every query head of the group, with a running max and sum per query
-/// (online softmax), so memory stays O(BQ·BK) per task.
-fn attention(q: &mut [f32], p0: usize, k: &KvBuf, v: &KvBuf, cfg: &LlamaConfig) {
-    let (hd, nh) = (cfg.head_dim, cfg.n_head);
-    let d = nh * hd;
-    let n = q.len() / d;
-    // Few queries (decoding): smaller blocks so both threads get work.
-    let threads = rayon::current_num_threads().max(1);
-    let bq = BQ.min(n.div_ceil(threads)).max(1);
-    #[cfg(target_arch = "x86_64")]
-    let use_avx2 =
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    q.par_chunks_mut(bq * d).enumerate().for_each(|(bi, qblk)| {
-        let i0 = p0 + bi * bq;
-        #[cfg(target_arch = "x86_64")]
-        if use_avx2 {
-            // SAFETY: AVX2 and FMA were detected at run time just above.
-            unsafe { attention_block_avx2(qblk, i0, k, v, cfg) };
-            return;
-        }
-        attention_block(qblk, i0, k, v, cfg);
-    });
+/// `p0 + i`) is replaced by its attention output over keys `0..=p0 + i` of `kv`.
+///
+/// Every query's softmax runs over fixed key blocks of [`BK`] and super-blocks of [`SB`]
+/// (absolute positions), merged in super-block order, so its result does not depend on which
+/// other queries are evaluated with it. Many queries: tasks own [`BQ`] of them and walk all
+/// their keys. Few queries (decoding): tasks own a (KV head, super-block) pair and the partial
+/// states are merged afterwards, so one query's long context is spread over the threads.
+fn attention(q: &mut [f32], p0: usize, kv: &LayerKv, cfg: &LlamaConfig) {
+    let h = Heads::new(cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+    attention_with(AttnKernel::detect(h.hd), q, p0, kv, &h);
 }
 
-/// [`attention_block`] compiled for AVX2+FMA (the dot products and row updates vectorize to
-/// 8 lanes).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attention_block_avx2(
-    qblk: &mut [f32],
-    i0: usize,
-    k: &KvBuf,
-    v: &KvBuf,
-    cfg: &LlamaConfig,
-) {
-    attention_block(qblk, i0, k, v, cfg)
+/// [`attention`] with a chosen kernel.
+fn attention_with(kern: AttnKernel, q: &mut [f32], p0: usize, kv: &LayerKv, h: &Heads) {
+    let h = *h;
+    let d = h.nh * h.hd;
+    let n = q.len() / d;
+    if n == 0 {
+        return;
+    }
+    if n >= SPLIT_BELOW {
+        q.par_chunks_mut(BQ * d).enumerate().for_each(|(bi, qblk)| {
+            let i0 = p0 + bi * BQ;
+            let nr = (qblk.len() / d) * h.group;
+            let last_sb = (i0 + qblk.len() / d - 1) / SB;
+            let mut sc = Scratch::new(nr, h.hd);
+            let (mut total, mut part) = (RowState::new(nr, h.hd), RowState::new(nr, h.hd));
+            for g in 0..h.nkv {
+                let rows = Rows::gather(qblk, i0, g, &h);
+                total.reset();
+                for sb in 0..=last_sb {
+                    part.reset();
+                    attend_superblock(kern, &rows, kv, g, sb, &mut part, &mut sc, &h);
+                    total.merge(&part, h.hd);
+                }
+                rows.scatter(&total, qblk, g, &h);
+            }
+        });
+    } else {
+        let nr = n * h.group;
+        let n_sb = (p0 + n - 1) / SB + 1;
+        let rows: Vec<Rows> = (0..h.nkv).map(|g| Rows::gather(q, p0, g, &h)).collect();
+        let task = |t: usize| {
+            let (g, sb) = (t / n_sb, t % n_sb);
+            let mut st = RowState::new(nr, h.hd);
+            let mut sc = Scratch::new(nr, h.hd);
+            attend_superblock(kern, &rows[g], kv, g, sb, &mut st, &mut sc, &h);
+            st
+        };
+        // Short contexts: less work than a rayon dispatch is worth.
+        let parts: Vec<RowState> = if n * h.nh * (p0 + n) * h.hd >= PAR_MIN_ATTN {
+            (0..h.nkv * n_sb).into_par_iter().map(task).collect()
+        } else {
+            (0..h.nkv * n_sb).map(task).collect()
+        };
+        let mut total = RowState::new(nr, h.hd);
+        for (g, rows) in rows.iter().enumerate() {
+            total.reset();
+            for part in &parts[g * n_sb..(g + 1) * n_sb] {
+                total.merge(part, h.hd);
+            }
+            rows.scatter(&total, q, g, &h);
+        }
+    }
 }
 
 /// `e^x` for `x ≤ 0` (softmax arguments after subtracting the max), in plain f32 arithmetic
@@ -576,118 +948,496 @@ fn exp_neg(x_in: f32) -> f32 {
     }
 }
 
-/// Attention for one block of query rows at positions `i0..i0 + rows`.
-///
-/// Per KV head and block of [`BK`] keys: K is widened to f32 and transposed (`kt[dim][key]`) so
-/// that one query's scores against the whole block are [`BK`]-wide vector FMAs over the head
-/// dimension; V is widened row-major so the weighted sum is head-width vector FMAs per key.
+/// [`block_portable`] compiled for AVX2+FMA (its loops vectorize to 8 lanes; Rust never fuses
+/// or reorders the f32 operations, so the results equal the portable build's).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_portable_avx2(
+    q: &[f32],
+    pos: &[usize],
+    j0: usize,
+    jn: usize,
+    kt: &[f32],
+    vb: &[f32],
+    h: &Heads,
+    st: &mut RowState,
+    p: &mut [f32],
+) {
+    block_portable(q, pos, j0, jn, kt, vb, h, st, p)
+}
+
+/// One key block (keys `j0..j0 + jn`, K transposed `[dim][BK]`, V `[BK][dim]`, both f32) for
+/// every row, one row at a time: scores, online-softmax update, weighted sum of V.
 #[inline(always)]
-fn attention_block(qblk: &mut [f32], i0: usize, k: &KvBuf, v: &KvBuf, cfg: &LlamaConfig) {
-    let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
-    let d = nh * hd;
-    let dkv = nkv * hd;
-    let group = nh / nkv;
-    let scale = 1.0f32 / (hd as f32).sqrt();
-    let nq = qblk.len() / d;
-    let kend = i0 + nq;
-    let mut krow = vec![0.0f32; hd];
-    let mut kt = vec![0.0f32; hd * BK];
-    let mut vf = vec![0.0f32; BK * hd];
-    let mut qf = vec![0.0f32; group * nq * hd];
-    let mut acc = vec![0.0f32; group * nq * hd];
-    let mut m = vec![f32::NEG_INFINITY; group * nq];
-    let mut l = vec![0.0f32; group * nq];
-    let mut s = [0.0f32; BK];
-    for gk in 0..nkv {
-        // Gather this group's queries: qf[(h, qi)] = q[qi, (gk·group + h)].
-        for h in 0..group {
-            let head = gk * group + h;
-            for qi in 0..nq {
-                let src = &qblk[qi * d + head * hd..qi * d + (head + 1) * hd];
-                let dst = &mut qf[(h * nq + qi) * hd..(h * nq + qi + 1) * hd];
-                dst.copy_from_slice(src);
+#[allow(clippy::too_many_arguments)]
+fn block_portable(
+    q: &[f32],
+    pos: &[usize],
+    j0: usize,
+    jn: usize,
+    kt: &[f32],
+    vb: &[f32],
+    h: &Heads,
+    st: &mut RowState,
+    p: &mut [f32],
+) {
+    let hd = h.hd;
+    let s = &mut p[..BK];
+    for (r, &i) in pos.iter().enumerate() {
+        if i < j0 {
+            continue;
+        }
+        let lim = jn.min(i + 1 - j0);
+        s.fill(0.0);
+        for (c, &qc) in q[r * hd..(r + 1) * hd].iter().enumerate() {
+            for (sj, &kv) in s.iter_mut().zip(&kt[c * BK..(c + 1) * BK]) {
+                *sj += qc * kv;
             }
         }
-        acc.fill(0.0);
-        m.fill(f32::NEG_INFINITY);
-        l.fill(0.0);
-        for j0 in (0..kend).step_by(BK) {
-            let jn = BK.min(kend - j0);
-            for j in 0..jn {
-                let at = (j0 + j) * dkv + gk * hd;
-                k.load(at, &mut krow);
-                for (c, &x) in krow.iter().enumerate() {
-                    kt[c * BK + j] = x;
-                }
-                v.load(at, &mut vf[j * hd..(j + 1) * hd]);
+        let mut mx = f32::NEG_INFINITY;
+        for sj in s.iter_mut().take(lim) {
+            *sj *= h.scale;
+            mx = mx.max(*sj);
+        }
+        let arow = &mut st.acc[r * hd..(r + 1) * hd];
+        let m_new = st.m[r].max(mx);
+        if m_new > st.m[r] {
+            let c = exp_neg(st.m[r] - m_new);
+            st.l[r] *= c;
+            for a in arow.iter_mut() {
+                *a *= c;
             }
-            for j in jn..BK {
-                for c in 0..hd {
-                    kt[c * BK + j] = 0.0;
-                }
+            st.m[r] = m_new;
+        }
+        let mut sum = 0.0f32;
+        for sj in s.iter_mut().take(lim) {
+            *sj = exp_neg(*sj - m_new);
+            sum += *sj;
+        }
+        st.l[r] += sum;
+        for (j, &pj) in s.iter().enumerate().take(lim) {
+            for (a, &vv) in arow.iter_mut().zip(&vb[j * hd..(j + 1) * hd]) {
+                *a += pj * vv;
             }
-            for h in 0..group {
-                for qi in 0..nq {
-                    let i = i0 + qi;
-                    if i < j0 {
-                        continue;
-                    }
-                    let lim = jn.min(i + 1 - j0);
-                    let qrow = &qf[(h * nq + qi) * hd..(h * nq + qi + 1) * hd];
-                    s.fill(0.0);
-                    for (c, &qc) in qrow.iter().enumerate() {
-                        let kc = &kt[c * BK..(c + 1) * BK];
-                        for (sj, &kv) in s.iter_mut().zip(kc) {
-                            *sj += qc * kv;
-                        }
-                    }
-                    let mut mx = f32::NEG_INFINITY;
-                    for sj in s.iter_mut().take(lim) {
-                        *sj *= scale;
-                        mx = mx.max(*sj);
-                    }
-                    let idx = h * nq + qi;
-                    let arow = &mut acc[idx * hd..(idx + 1) * hd];
-                    let m_new = m[idx].max(mx);
-                    if m_new > m[idx] {
-                        let c = exp_neg(m[idx] - m_new);
-                        l[idx] *= c;
-                        for a in arow.iter_mut() {
-                            *a *= c;
-                        }
-                        m[idx] = m_new;
-                    }
-                    let mut sum = 0.0f32;
-                    for sj in s.iter_mut().take(lim) {
-                        *sj = exp_neg(*sj - m_new);
-                        sum += *sj;
-                    }
-                    l[idx] += sum;
-                    for (j, &p) in s.iter().enumerate().take(lim) {
-                        for (a, &vv) in arow.iter_mut().zip(&vf[j * hd..(j + 1) * hd]) {
-                            *a += p * vv;
-                        }
-                    }
+        }
+    }
+}
+
+/// The AVX-512 attention block kernel: scores and the weighted sum of V are register-tiled
+/// over up to [`avx512::R`] rows × 64 keys (or × 64 head dims), so each K or V vector loaded
+/// serves several queries. Each score and each output lane is one FMA chain in a fixed order
+/// (over head dims, then over keys), whatever the tiling, so results do not depend on which
+/// rows share a tile.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Heads, RowState, BK};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// Rows per register tile (6 × 4 accumulators + 4 loaded vectors + 1 broadcast ≤ 32).
+    pub(super) const R: usize = 6;
+
+    /// A cache element type the kernel reads 16 at a time as f32.
+    pub(super) trait Elem: Copy {
+        const IS_F16: bool;
+    }
+    impl Elem for f32 {
+        const IS_F16: bool = false;
+    }
+    impl Elem for f16 {
+        const IS_F16: bool = true;
+    }
+
+    /// 16 elements at `p` as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn ld<E: Elem>(p: *const E) -> __m512 {
+        if E::IS_F16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        } else {
+            _mm512_loadu_ps(p.cast())
+        }
+    }
+
+    /// Sum of the 16 lanes in one fixed order (halves, then quarters, then pairs: the order of
+    /// GCC's `_mm512_reduce_add_ps`, which ggml's softmax uses).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn hsum(v: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let s8 = _mm256_add_ps(lo, hi);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+    }
+
+    /// `e^x` per lane, computed as ggml's AVX-512 `ggml_v_expf` computes it (same reduction,
+    /// polynomial and rounding steps), so softmax weights match llama.cpp's bit for bit:
+    /// `n = round(x·log2 e)` by the 1.5·2^23 trick, `b = x − n·ln2` in two FMA steps, a
+    /// degree-5 polynomial for `e^b`, then `scalef` by `2^n`; `|n| > 192` saturates to 0 or +inf.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn exp(x: __m512) -> __m512 {
+        let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+        let shift = c(0x4b40_0000); // 0x1.8p23
+        let z = _mm512_fmadd_ps(x, c(0x3fb8_aa3b), shift); // log2(e)
+        let n = _mm512_sub_ps(z, shift);
+        // ln 2 split in a high part (exact products with n) and a low part.
+        let b = _mm512_fnmadd_ps(n, c(0x35bf_be8e), _mm512_fnmadd_ps(n, c(0x3f31_7200), x));
+        let u = _mm512_mul_ps(b, b);
+        let hi = _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17));
+        let mid = _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb));
+        let lo = _mm512_fmadd_ps(c(0x3f7f_fff6), b, _mm512_set1_ps(1.0));
+        let j = _mm512_fmadd_ps(_mm512_fmadd_ps(hi, u, mid), u, lo);
+        let res = _mm512_scalef_ps(j, n);
+        let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+        if big == 0 {
+            return res;
+        }
+        let nonpos = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
+        let sat = _mm512_mask_blend_ps(nonpos, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
+        _mm512_mask_blend_ps(big, res, sat)
+    }
+
+    /// Scores of `T` rows (from `r0`) against the 64 keys of a block: `p[r][j] = q_r · k_j`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn qk<E: Elem, const T: usize>(
+        q: &[f32],
+        r0: usize,
+        hd: usize,
+        kt: &[E],
+        p: &mut [f32],
+    ) {
+        debug_assert!(q.len() >= (r0 + T) * hd && kt.len() >= hd * BK && p.len() >= (r0 + T) * BK);
+        let (qp, kp) = (q.as_ptr().add(r0 * hd), kt.as_ptr());
+        let mut a = [[_mm512_setzero_ps(); 4]; T];
+        for c in 0..hd {
+            let kr = kp.add(c * BK);
+            let k = [ld(kr), ld(kr.add(16)), ld(kr.add(32)), ld(kr.add(48))];
+            for (t, at) in a.iter_mut().enumerate() {
+                let qv = _mm512_set1_ps(*qp.add(t * hd + c));
+                for w in 0..4 {
+                    at[w] = _mm512_fmadd_ps(qv, k[w], at[w]);
                 }
             }
         }
-        for h in 0..group {
-            let head = gk * group + h;
-            for qi in 0..nq {
-                let idx = h * nq + qi;
-                let inv = 1.0 / l[idx];
-                let dst = &mut qblk[qi * d + head * hd..qi * d + (head + 1) * hd];
-                for (d, &a) in dst.iter_mut().zip(&acc[idx * hd..(idx + 1) * hd]) {
-                    *d = a * inv;
+        let pp = p.as_mut_ptr().add(r0 * BK);
+        for (t, at) in a.iter().enumerate() {
+            for (w, &v) in at.iter().enumerate() {
+                _mm512_storeu_ps(pp.add(t * BK + 16 * w), v);
+            }
+        }
+    }
+
+    /// `acc[r][c0..c0 + 16W] += Σ_j p[r][j] · v[j][c0..]` for `T` rows from `r0`, keys `0..jn`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pv<E: Elem, const T: usize, const W: usize>(
+        p: &[f32],
+        r0: usize,
+        jn: usize,
+        vb: &[E],
+        hd: usize,
+        c0: usize,
+        acc: &mut [f32],
+    ) {
+        debug_assert!(c0 + 16 * W <= hd && jn <= BK && vb.len() >= BK * hd);
+        debug_assert!(p.len() >= (r0 + T) * BK && acc.len() >= (r0 + T) * hd);
+        let ap = acc.as_mut_ptr().add(r0 * hd + c0);
+        let (pp, vp) = (p.as_ptr().add(r0 * BK), vb.as_ptr().add(c0));
+        let mut a = [[_mm512_setzero_ps(); W]; T];
+        for (t, at) in a.iter_mut().enumerate() {
+            for (w, v) in at.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(ap.add(t * hd + 16 * w));
+            }
+        }
+        for j in 0..jn {
+            let vr = vp.add(j * hd);
+            let mut v = [_mm512_setzero_ps(); W];
+            for (w, vw) in v.iter_mut().enumerate() {
+                *vw = ld(vr.add(16 * w));
+            }
+            for (t, at) in a.iter_mut().enumerate() {
+                let pj = _mm512_set1_ps(*pp.add(t * BK + j));
+                for w in 0..W {
+                    at[w] = _mm512_fmadd_ps(pj, v[w], at[w]);
                 }
             }
+        }
+        for (t, at) in a.iter().enumerate() {
+            for (w, &v) in at.iter().enumerate() {
+                _mm512_storeu_ps(ap.add(t * hd + 16 * w), v);
+            }
+        }
+    }
+
+    /// Online-softmax update of row `r` (at position `i`) from its raw scores in `p[r]`, which
+    /// are replaced by the probabilities (0 for keys after `i`). A row that sees no key of the
+    /// block keeps its state and gets all-zero probabilities, which add exactly nothing.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn softmax_row(
+        r: usize,
+        i: usize,
+        j0: usize,
+        h: &Heads,
+        st: &mut RowState,
+        p: &mut [f32],
+    ) {
+        let pr = &mut p[r * BK..(r + 1) * BK];
+        if i < j0 {
+            pr.fill(0.0);
+            return;
+        }
+        let lim = (i + 1 - j0).min(BK);
+        let (sc, ninf) = (_mm512_set1_ps(h.scale), _mm512_set1_ps(f32::NEG_INFINITY));
+        let pp = pr.as_mut_ptr();
+        let mut s = [_mm512_setzero_ps(); 4];
+        for (w, sw) in s.iter_mut().enumerate() {
+            let valid = lim.saturating_sub(16 * w).min(16);
+            let mask = ((1u32 << valid) - 1) as __mmask16;
+            *sw = _mm512_mask_mov_ps(
+                ninf,
+                mask,
+                _mm512_mul_ps(_mm512_loadu_ps(pp.add(16 * w)), sc),
+            );
+        }
+        let mx = _mm512_reduce_max_ps(_mm512_max_ps(
+            _mm512_max_ps(s[0], s[1]),
+            _mm512_max_ps(s[2], s[3]),
+        ));
+        let hd = h.hd;
+        let m_old = st.m[r];
+        let m_new = m_old.max(mx);
+        if m_new > m_old {
+            // libm's expf, as ggml's tiled kernel rescales with.
+            let c = (m_old - m_new).exp();
+            st.l[r] *= c;
+            let cv = _mm512_set1_ps(c);
+            let ap = st.acc.as_mut_ptr().add(r * hd);
+            for c0 in (0..hd).step_by(16) {
+                _mm512_storeu_ps(ap.add(c0), _mm512_mul_ps(_mm512_loadu_ps(ap.add(c0)), cv));
+            }
+            st.m[r] = m_new;
+        }
+        // As ggml_vec_soft_max_f32: each 16-lane sum is added to an f64 total, which is added
+        // to the f32 running sum in f64.
+        let mv = _mm512_set1_ps(m_new);
+        let mut sum = 0.0f64;
+        for (w, sw) in s.iter().enumerate() {
+            let e = exp(_mm512_sub_ps(*sw, mv));
+            _mm512_storeu_ps(pp.add(16 * w), e);
+            sum += hsum(e) as f64;
+        }
+        st.l[r] = (st.l[r] as f64 + sum) as f32;
+    }
+
+    /// Runs `$f::<E, T>` for the tile size `T = $t` (1..=R) with the given arguments.
+    macro_rules! by_tile {
+        ($t:expr, $f:ident::<$e:ty $(, $w:literal)?>($($arg:expr),*)) => {
+            match $t {
+                1 => $f::<$e, 1 $(, $w)?>($($arg),*),
+                2 => $f::<$e, 2 $(, $w)?>($($arg),*),
+                3 => $f::<$e, 3 $(, $w)?>($($arg),*),
+                4 => $f::<$e, 4 $(, $w)?>($($arg),*),
+                5 => $f::<$e, 5 $(, $w)?>($($arg),*),
+                _ => $f::<$e, 6 $(, $w)?>($($arg),*),
+            }
+        };
+    }
+
+    /// One key block (keys `j0..j0 + jn`; K transposed `[dim][BK]`, V `[BK][dim]`) for every
+    /// row: register-tiled scores, per-row online softmax, register-tiled weighted sum of V.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, AVX2, FMA and F16C, and `h.hd` must be a multiple of 16.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block<E: Elem>(
+        q: &[f32],
+        pos: &[usize],
+        j0: usize,
+        jn: usize,
+        kt: &[E],
+        vb: &[E],
+        h: &Heads,
+        st: &mut RowState,
+        p: &mut [f32],
+    ) {
+        let (hd, nr) = (h.hd, pos.len());
+        assert!(
+            hd.is_multiple_of(16)
+                && q.len() >= nr * hd
+                && kt.len() >= hd * BK
+                && vb.len() >= hd * BK
+                && p.len() >= nr * BK
+                && st.acc.len() >= nr * hd
+                && st.m.len() >= nr
+                && st.l.len() >= nr
+                && jn <= BK
+        );
+        let mut r0 = 0;
+        while r0 < nr {
+            let t = (nr - r0).min(R);
+            by_tile!(t, qk::<E>(q, r0, hd, kt, p));
+            r0 += t;
+        }
+        for (r, &i) in pos.iter().enumerate() {
+            softmax_row(r, i, j0, h, st, p);
+        }
+        let mut r0 = 0;
+        while r0 < nr {
+            let t = (nr - r0).min(R);
+            let mut c0 = 0;
+            while c0 + 64 <= hd {
+                by_tile!(t, pv::<E, 4>(p, r0, jn, vb, hd, c0, &mut st.acc));
+                c0 += 64;
+            }
+            while c0 < hd {
+                by_tile!(t, pv::<E, 1>(p, r0, jn, vb, hd, c0, &mut st.acc));
+                c0 += 16;
+            }
+            r0 += t;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::exp_neg;
+    use super::*;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every kernel this CPU can run.
+    fn kernels_here(hd: usize) -> Vec<AttnKernel> {
+        let mut ks = vec![AttnKernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                ks.push(AttnKernel::Avx2);
+            }
+            if AttnKernel::detect(hd) == AttnKernel::Avx512 {
+                ks.push(AttnKernel::Avx512);
+            }
+        }
+        ks
+    }
+
+    /// Causal attention in f64 over K/V as the cache holds them (f16-rounded for F16).
+    fn reference(q: &[f32], k: &[f32], v: &[f32], h: &Heads, t: KvType) -> Vec<f32> {
+        let round = |x: f32| match t {
+            KvType::F16 => f16::from_f32(x).to_f32() as f64,
+            KvType::F32 => x as f64,
+        };
+        let (d, dkv) = (h.nh * h.hd, h.nkv * h.hd);
+        let n = q.len() / d;
+        let mut out = vec![0.0f32; q.len()];
+        for i in 0..n {
+            for head in 0..h.nh {
+                let g = head / h.group;
+                let qr = &q[i * d + head * h.hd..i * d + (head + 1) * h.hd];
+                let s: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        let kr = &k[j * dkv + g * h.hd..j * dkv + (g + 1) * h.hd];
+                        let dot: f64 = qr.iter().zip(kr).map(|(&a, &b)| a as f64 * round(b)).sum();
+                        dot * h.scale as f64
+                    })
+                    .collect();
+                let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|&x| (x - mx).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..h.hd {
+                    let o: f64 = (0..=i)
+                        .map(|j| e[j] * round(v[j * dkv + g * h.hd + c]))
+                        .sum();
+                    out[i * d + head * h.hd + c] = (o / sum) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_reference_and_does_not_depend_on_batching() {
+        // head_dim 80 exercises both the 64-wide and the 16-wide column tiles; 300 positions
+        // span two super-blocks and a partial key block.
+        let h = Heads::new(6, 2, 80);
+        let (d, dkv, n) = (h.nh * h.hd, h.nkv * h.hd, 300);
+        // Large queries make the softmax peaky, so max tracking and rescaling are exercised.
+        let q: Vec<f32> = noise(n * d, 1).iter().map(|x| 4.0 * x).collect();
+        let (k, v) = (noise(n * dkv, 2), noise(n * dkv, 3));
+        for kern in kernels_here(h.hd) {
+            for t in [KvType::F16, KvType::F32] {
+                let mut kv = LayerKv::new(t, h.nkv, h.hd);
+                kv.push(&k, &v);
+                let mut batch = q.clone();
+                attention_with(kern, &mut batch, 0, &kv, &h);
+                let want = reference(&q, &k, &v, &h, t);
+                let worst = batch
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst < 2e-5, "{t:?}: worst error {worst}");
+                // The same queries fed in pieces (a batch, a few, then one at a time) against a
+                // growing cache give the same bits.
+                let mut kv = LayerKv::new(t, h.nkv, h.hd);
+                let mut pieces = vec![(0, 70), (70, 80)];
+                pieces.extend((80..n).map(|i| (i, i + 1)));
+                for (a, b) in pieces {
+                    kv.push(&k[a * dkv..b * dkv], &v[a * dkv..b * dkv]);
+                    let mut part = q[a * d..b * d].to_vec();
+                    attention_with(kern, &mut part, a, &kv, &h);
+                    for (x, (y, z)) in part.iter().zip(&batch[a * d..b * d]).enumerate() {
+                        assert_eq!(y.to_bits(), z.to_bits(), "{t:?} rows {a}..{b}, value {x}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_exp_is_accurate_on_softmax_range() {
+        if AttnKernel::detect(16) != AttnKernel::Avx512 {
+            eprintln!("SKIP: no AVX-512 on this CPU");
+            return;
+        }
+        let mut x = 0.0f32;
+        while x >= -90.0 {
+            let xs: Vec<f32> = (0..16).map(|i| x - 0.0007 * i as f32).collect();
+            let mut got = [0.0f32; 16];
+            // SAFETY: AVX-512F (with FMA, F16C, AVX2) was detected just above.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm512_storeu_ps(got.as_mut_ptr(), avx512::exp(_mm512_loadu_ps(xs.as_ptr())));
+            }
+            for (&g, &x) in got.iter().zip(&xs) {
+                let want = (x as f64).exp();
+                assert!(
+                    (g as f64 - want).abs() <= 4e-7 * want + 1e-38,
+                    "exp({x}) = {g}, want {want}"
+                );
+            }
+            x -= 0.013;
+        }
+    }
 
     #[test]
     fn exp_neg_is_accurate_on_softmax_range() {
