@@ -541,11 +541,7 @@ impl<'a> Model<'a> {
                 let mut acts = ActCache::new(xn, d);
                 acts.matmul(&lw.gate, gs);
                 acts.matmul(&lw.up, us);
-                zip_chunks(gs, us, 4096, |g, u| {
-                    for (g, &u) in g.iter_mut().zip(u) {
-                        *g = *g / (1.0 + (-*g).exp()) * u;
-                    }
-                });
+                zip_chunks(gs, us, 4096, swiglu);
                 show(Some(il), &["ffn_down"], gs);
                 ActCache::new(gs, cfg.n_ff).matmul(&lw.down, os);
                 add_in_place(xs, os);
@@ -1029,6 +1025,30 @@ fn block_portable(
 /// serves several queries. Each score and each output lane is one FMA chain in a fixed order
 /// (over head dims, then over keys), whatever the tiling, so results do not depend on which
 /// rows share a tile.
+/// `g ← silu(g) · u` in place. With AVX-512 this is ggml's `ggml_vec_swiglu_f32` lane for
+/// lane (`x / (1 + e^(0 − x))` with ggml's `ggml_v_expf`, then the product): its output is
+/// quantized before the down projection, where a one-ulp difference can flip a rounding and
+/// move the result by a whole quantization step, so matching llama.cpp's bits here matters for
+/// quantized models. Elsewhere (and for a tail shorter than 16) it uses `f32::exp`, as ggml's
+/// scalar `ggml_silu_f32` does with `expf`.
+fn swiglu(g: &mut [f32], u: &[f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if swiglu_avx512_available() {
+        // SAFETY: AVX-512F, AVX2, FMA and F16C were detected just above.
+        done = unsafe { avx512::swiglu(g, u) };
+    }
+    for (g, &u) in g[done..].iter_mut().zip(&u[done..]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn swiglu_avx512_available() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx512f") && has!("avx2") && has!("fma") && has!("f16c")
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Heads, RowState, BK};
@@ -1099,6 +1119,28 @@ mod avx512 {
         let nonpos = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
         let sat = _mm512_mask_blend_ps(nonpos, _mm512_set1_ps(f32::INFINITY), _mm512_setzero_ps());
         _mm512_mask_blend_ps(big, res, sat)
+    }
+
+    /// `g ← g / (1 + e^(0 − g)) · u` over the first `16·⌊len/16⌋` values, as ggml's AVX-512
+    /// `ggml_vec_swiglu_f32`; returns how many values were done.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX2, FMA and F16C must be available.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub(super) unsafe fn swiglu(g: &mut [f32], u: &[f32]) -> usize {
+        let n = g.len().min(u.len()) / 16 * 16;
+        let one = _mm512_set1_ps(1.0);
+        for i in (0..n).step_by(16) {
+            // SAFETY: i + 16 <= n <= both lengths.
+            unsafe {
+                let x = _mm512_loadu_ps(g.as_ptr().add(i));
+                let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
+                let silu = _mm512_div_ps(x, _mm512_add_ps(one, e));
+                let y = _mm512_mul_ps(silu, _mm512_loadu_ps(u.as_ptr().add(i)));
+                _mm512_storeu_ps(g.as_mut_ptr().add(i), y);
+            }
+        }
+        n
     }
 
     /// Scores of `T` rows (from `r0`) against the 64 keys of a block: `p[r][j] = q_r · k_j`.
@@ -1436,6 +1478,26 @@ mod tests {
                 );
             }
             x -= 0.013;
+        }
+    }
+
+    #[test]
+    fn swiglu_matches_f64_and_handles_tails() {
+        // Values across SiLU's range, including large |x| where e^(-x) saturates, and a length
+        // that leaves a 7-value scalar tail after the 16-wide lanes.
+        let n = 16 * 9 + 7;
+        let g0: Vec<f32> = (0..n).map(|i| (i as f32 - 75.0) * 0.37).collect();
+        let u: Vec<f32> = (0..n).map(|i| 1.0 + (i % 5) as f32 * 0.25).collect();
+        let mut g = g0.clone();
+        super::swiglu(&mut g, &u);
+        for i in 0..n {
+            let x = g0[i] as f64;
+            let want = x / (1.0 + (-x).exp()) * u[i] as f64;
+            let got = g[i] as f64;
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "i {i}: x {x}, got {got}, want {want}"
+            );
         }
     }
 

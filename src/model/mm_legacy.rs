@@ -132,7 +132,8 @@ mod x86 {
         }
     }
 
-    /// Every variant the host supports, best first.
+    /// Every variant the host supports, best first (the tests run each).
+    #[cfg(test)]
     pub(super) fn supported() -> Vec<Isa> {
         [Isa::Vnni, Isa::Avx2]
             .into_iter()
