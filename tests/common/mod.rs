@@ -51,10 +51,7 @@ pub fn smol_converted(dir: &Path) -> Option<[PathBuf; 3]> {
         dir.join("smol-q8_0.gguf"),
         dir.join("smol-q4_k_m.gguf"),
     ];
-    for (ty, path) in [
-        (FileType::Q8_0, &out[1]),
-        (FileType::Q4_K_M, &out[2]),
-    ] {
+    for (ty, path) in [(FileType::Q8_0, &out[1]), (FileType::Q4_K_M, &out[2])] {
         quantize(&f32, path, &QuantizeOptions::new(ty), &mut |_| {}).expect("quantize");
     }
     Some(out)
