@@ -146,7 +146,8 @@ fn smollm2_q4_1_logits_close_to_llamacpp() {
 /// `tag` (tests/data/llamacpp/smollm2_selfdiff.json, scripts/llamacpp/smollm2_selfdiff.py).
 fn self_difference(tag: &str) -> Vec<f32> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp/smollm2_selfdiff.json");
-    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     doc["cases"]
         .as_array()
         .unwrap()
