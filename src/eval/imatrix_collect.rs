@@ -19,6 +19,7 @@
 //! One difference by design: llama.cpp ignores matrix products of fewer than 16 rows (a tail of
 //! a micro-batch); our hook shows whole chunks, so no token is skipped. Contexts below 16 tokens
 //! (where llama.cpp would collect nothing) are refused.
+use super::chunks::plan_chunks;
 use super::perplexity::nll;
 use crate::imatrix::{Imatrix, ImatrixAccumulator, ImatrixError};
 use crate::model::{EvalOptions, Model, ModelError};
@@ -161,6 +162,28 @@ pub fn collect_imatrix(
     collect_imatrix_tokens(model, &tokens, bos, opts, progress)
 }
 
+impl From<super::chunks::ChunkError> for ImatrixCollectError {
+    fn from(e: super::chunks::ChunkError) -> Self {
+        use super::chunks::ChunkError as C;
+        match e {
+            C::EmptyText => ImatrixCollectError::EmptyText,
+            C::ContextTooSmall(n) => ImatrixCollectError::ContextTooSmall(n),
+            C::ContextTooLong { requested, max } => {
+                ImatrixCollectError::ContextTooLong { requested, max }
+            }
+            C::TooShort {
+                tokens,
+                n_ctx,
+                needed,
+            } => ImatrixCollectError::TooShort {
+                tokens,
+                n_ctx,
+                needed,
+            },
+        }
+    }
+}
+
 /// Collects the importance matrix of a tokenized text. `bos`: when `Some`, the first token of
 /// every chunk is replaced by it for evaluation. `progress` is called after each chunk.
 pub fn collect_imatrix_tokens(
@@ -171,30 +194,13 @@ pub fn collect_imatrix_tokens(
     progress: &mut dyn FnMut(ImatrixProgress),
 ) -> Result<ImatrixRun, ImatrixCollectError> {
     let n_ctx = opts.n_ctx;
-    if tokens.is_empty() {
-        return Err(ImatrixCollectError::EmptyText);
-    }
-    if n_ctx < MIN_CTX {
-        return Err(ImatrixCollectError::ContextTooSmall(n_ctx));
-    }
-    let max = model.config.context_length;
-    if n_ctx > max {
-        return Err(ImatrixCollectError::ContextTooLong {
-            requested: n_ctx,
-            max,
-        });
-    }
-    if tokens.len() < 2 * n_ctx {
-        return Err(ImatrixCollectError::TooShort {
-            tokens: tokens.len(),
-            n_ctx,
-            needed: 2 * n_ctx,
-        });
-    }
-    let n_chunk_max = tokens.len() / n_ctx;
-    let n_chunk = opts
-        .max_chunks
-        .map_or(n_chunk_max, |c| c.clamp(1, n_chunk_max));
+    let n_chunk = plan_chunks(
+        tokens.len(),
+        n_ctx,
+        MIN_CTX,
+        model.config.context_length,
+        opts.max_chunks,
+    )?;
     let chunk_count =
         u32::try_from(n_chunk).map_err(|_| ImatrixCollectError::TooLarge("chunks"))?;
     let chunk_size = u32::try_from(n_ctx).map_err(|_| ImatrixCollectError::TooLarge("n_ctx"))?;

@@ -953,28 +953,33 @@ pub fn tokenize(tok: &GgufTokenizer, text: &str) -> Result<(Vec<u32>, Option<u32
 
 /// Checks the context against the text and the models; returns the number of chunks.
 fn plan_chunks(n_tokens: usize, opts: &CompareOptions, max_ctx: usize) -> Result<usize, KldError> {
-    let n_ctx = opts.n_ctx;
-    if n_tokens == 0 {
-        return Err(KldError::EmptyText);
+    Ok(super::chunks::plan_chunks(
+        n_tokens,
+        opts.n_ctx,
+        4,
+        max_ctx,
+        opts.max_chunks,
+    )?)
+}
+
+impl From<super::chunks::ChunkError> for KldError {
+    fn from(e: super::chunks::ChunkError) -> Self {
+        use super::chunks::ChunkError as C;
+        match e {
+            C::EmptyText => KldError::EmptyText,
+            C::ContextTooSmall(n) => KldError::ContextTooSmall(n),
+            C::ContextTooLong { requested, max } => KldError::ContextTooLong { requested, max },
+            C::TooShort {
+                tokens,
+                n_ctx,
+                needed,
+            } => KldError::TooShort {
+                tokens,
+                n_ctx,
+                needed,
+            },
+        }
     }
-    if n_ctx < 4 {
-        return Err(KldError::ContextTooSmall(n_ctx));
-    }
-    if n_ctx > max_ctx {
-        return Err(KldError::ContextTooLong {
-            requested: n_ctx,
-            max: max_ctx,
-        });
-    }
-    if n_tokens < 2 * n_ctx {
-        return Err(KldError::TooShort {
-            tokens: n_tokens,
-            n_ctx,
-            needed: 2 * n_ctx,
-        });
-    }
-    let n_max = n_tokens / n_ctx;
-    Ok(opts.max_chunks.map_or(n_max, |c| c.clamp(1, n_max)))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 //! Evaluation of a model on text: [`perplexity`] with llama.cpp's method, KL divergence
 //! ([`kld`]), importance-matrix collection ([`imatrix_collect`]).
+mod chunks;
 pub mod imatrix_collect;
 pub mod kld;
 pub mod perplexity;

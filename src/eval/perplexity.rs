@@ -9,6 +9,7 @@
 //!   tokens `first+1 ..= n_ctx-1` (`n_ctx - first - 1` tokens per chunk);
 //! - NLL per token from a log-softmax with an f32 max and an f64 sum of `expf`; PPL = exp(mean
 //!   NLL); the error is `sqrt(var(NLL)/(count-1)) · PPL` with `var = mean(NLL²) − mean(NLL)²`.
+use super::chunks::plan_chunks;
 use crate::model::{EvalOptions, Model, ModelError};
 use crate::tokenizer::{GgufTokenizer, TokenizerError};
 use std::time::Instant;
@@ -131,6 +132,28 @@ pub fn perplexity(
     perplexity_tokens(model, &tokens, bos, opts, progress)
 }
 
+impl From<super::chunks::ChunkError> for PerplexityError {
+    fn from(e: super::chunks::ChunkError) -> Self {
+        use super::chunks::ChunkError as C;
+        match e {
+            C::EmptyText => PerplexityError::EmptyText,
+            C::ContextTooSmall(n) => PerplexityError::ContextTooSmall(n),
+            C::ContextTooLong { requested, max } => {
+                PerplexityError::ContextTooLong { requested, max }
+            }
+            C::TooShort {
+                tokens,
+                n_ctx,
+                needed,
+            } => PerplexityError::TooShort {
+                tokens,
+                n_ctx,
+                needed,
+            },
+        }
+    }
+}
+
 /// Perplexity of a tokenized text. `bos`: when `Some`, the first token of every chunk is
 /// replaced by it for evaluation. `progress(done, total, running_ppl)` is called after each chunk.
 pub fn perplexity_tokens(
@@ -141,30 +164,13 @@ pub fn perplexity_tokens(
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult, PerplexityError> {
     let n_ctx = opts.n_ctx;
-    if tokens.is_empty() {
-        return Err(PerplexityError::EmptyText);
-    }
-    if n_ctx < 4 {
-        return Err(PerplexityError::ContextTooSmall(n_ctx));
-    }
-    let max = model.config.context_length;
-    if n_ctx > max {
-        return Err(PerplexityError::ContextTooLong {
-            requested: n_ctx,
-            max,
-        });
-    }
-    if tokens.len() < 2 * n_ctx {
-        return Err(PerplexityError::TooShort {
-            tokens: tokens.len(),
-            n_ctx,
-            needed: 2 * n_ctx,
-        });
-    }
-    let n_chunk_max = tokens.len() / n_ctx;
-    let n_chunk = opts
-        .max_chunks
-        .map_or(n_chunk_max, |c| c.clamp(1, n_chunk_max));
+    let n_chunk = plan_chunks(
+        tokens.len(),
+        n_ctx,
+        4,
+        model.config.context_length,
+        opts.max_chunks,
+    )?;
     let first = n_ctx / 2;
 
     let (mut sum, mut sum2, mut count) = (0.0f64, 0.0f64, 0usize);
