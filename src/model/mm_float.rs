@@ -494,7 +494,7 @@ mod x86 {
         let threads = rayon::current_num_threads().max(1);
         if n_tok >= 2 * threads {
             let cap = (TILE_ACT_BYTES / (4 * cols.max(1))).clamp(RN512, MAX_TILE);
-            let tile = n_tok.div_ceil(4 * threads).clamp(1, cap);
+            let tile = crate::model::kernels::token_tile(n_tok, threads, cap);
             out[..n_tok * rows]
                 .par_chunks_mut(tile * rows)
                 .enumerate()

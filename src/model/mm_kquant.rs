@@ -217,15 +217,14 @@ fn drive<W: Sync, const N: usize>(
     k4: TileFn<W, N>,
     k1: TileFn<W, 1>,
 ) {
-    use super::kernels::{MAX_TILE, ROW_BLOCK};
+    use super::kernels::{token_tile, MAX_TILE, ROW_BLOCK};
     if rows == 0 || n_tok == 0 {
         return;
     }
     let threads = rayon::current_num_threads().max(1);
     if n_tok >= 2 * threads {
-        // Tiles of a multiple of N tokens, at least 4 tasks per thread for balance.
-        let tile = n_tok
-            .div_ceil(4 * threads)
+        // Tiles of a multiple of N tokens, one task per thread (see `token_tile`).
+        let tile = token_tile(n_tok, threads, MAX_TILE)
             .next_multiple_of(N)
             .min(MAX_TILE);
         out[..n_tok * rows]
