@@ -15,9 +15,13 @@
 //! Every token owns its accumulators and sees the same instruction sequence whatever the number
 //! of tokens processed together (the tile kernels are generic over that number), so a token's
 //! result is bit-identical alone (decoding) or inside a batch, which `tests/forward_session.rs`
-//! requires. Without AVX-512 the generic row-by-row driver [`mm`] with the quants crate's dot
-//! products (AVX2 or scalar) is used.
+//! requires. Without AVX-512 but with AVX2 + FMA + F16C, the AVX2 tile kernels of
+//! `mm_kquant_avx2` (same driver, same unpack-once idea with `maddubs` + `madd`, same lanes as
+//! the row dot without any fold) are used; otherwise the generic row-by-row driver [`mm`] with
+//! the quants crate's dot products.
 use super::kernels::mm;
+#[cfg(target_arch = "x86_64")]
+use super::mm_kquant_avx2 as x256;
 use longquant_quants::block::{q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k::BlockQ6K, q8_k::BlockQ8K};
 use longquant_quants::simd::Kernels;
 #[cfg(target_arch = "x86_64")]
@@ -26,6 +30,13 @@ use rayon::prelude::*;
 /// Tokens per tile-kernel call.
 #[cfg(target_arch = "x86_64")]
 const NT: usize = 4;
+
+/// Tokens per AVX2 tile-kernel call: their eight i32 block sums, plus the weight group's levels
+/// and scales, fit the 16 ymm registers. (Measured on the AVX-512 host with the AVX2 kernels
+/// forced: 4 tokens ran Q4_K no faster than the row dots, 8 about 1.7× faster, 12 a little
+/// slower than 8.)
+#[cfg(target_arch = "x86_64")]
+const NT2: usize = 8;
 
 /// Bytes of weight rows walked together against one token group (a few rows of a 4096-wide
 /// matrix): they stay in L1 next to the group's activations while every token group of the
@@ -39,22 +50,39 @@ const ROW_BYTES: usize = 12 * 1024;
 type TileFn<W, const N: usize> = unsafe fn(&[W], &[BlockQ8K]) -> [f32; N];
 
 /// Which implementation a product uses.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Variant {
+pub enum Variant {
     /// The AVX-512 tile kernels ([`x512`]).
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// The AVX2 tile kernels (`mm_kquant_avx2`).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
     /// Row-by-row dot products of the kernel table through [`mm`].
     Rows,
 }
 
-/// The fastest variant this CPU runs.
-fn best() -> Variant {
+/// Every variant this CPU runs, fastest first (`Rows` always last).
+fn supported() -> Vec<Variant> {
+    let mut v = Vec::new();
     #[cfg(target_arch = "x86_64")]
-    if x512::available() {
-        return Variant::Avx512;
+    {
+        if x512::available() {
+            v.push(Variant::Avx512);
+        }
+        if x256::available() {
+            v.push(Variant::Avx2);
+        }
     }
-    Variant::Rows
+    v.push(Variant::Rows);
+    v
+}
+
+/// The fastest variant this CPU runs, chosen once.
+fn best() -> Variant {
+    static BEST: std::sync::OnceLock<Variant> = std::sync::OnceLock::new();
+    *BEST.get_or_init(|| supported().into_iter().next().unwrap_or(Variant::Rows))
 }
 
 /// `out[t * rows + r] = w[r] · a[t]` for BlockQ4K weights (bpr blocks per row).
@@ -81,9 +109,22 @@ fn matmul_q4k_with(
     rows: usize,
     out: &mut [f32],
 ) {
+    // `v` comes from `supported()`: the tile kernels' CPU features are present.
+    debug_assert!(supported().contains(&v), "{v:?} not supported here");
     match v {
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => drive(w, bpr, a, n_tok, rows, out, x512::q4k::<NT>, x512::q4k::<1>),
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => drive(
+            w,
+            bpr,
+            a,
+            n_tok,
+            rows,
+            out,
+            x256::q4k::<NT2>,
+            x256::q4k::<1>,
+        ),
         Variant::Rows => mm(w, bpr, n_tok, rows, out, |wr, t| {
             (k.vec_dot_q4_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
         }),
@@ -114,9 +155,22 @@ fn matmul_q5k_with(
     rows: usize,
     out: &mut [f32],
 ) {
+    // `v` comes from `supported()`: the tile kernels' CPU features are present.
+    debug_assert!(supported().contains(&v), "{v:?} not supported here");
     match v {
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => drive(w, bpr, a, n_tok, rows, out, x512::q5k::<NT>, x512::q5k::<1>),
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => drive(
+            w,
+            bpr,
+            a,
+            n_tok,
+            rows,
+            out,
+            x256::q5k::<NT2>,
+            x256::q5k::<1>,
+        ),
         Variant::Rows => mm(w, bpr, n_tok, rows, out, |wr, t| {
             (k.vec_dot_q5_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
         }),
@@ -147,9 +201,22 @@ fn matmul_q6k_with(
     rows: usize,
     out: &mut [f32],
 ) {
+    // `v` comes from `supported()`: the tile kernels' CPU features are present.
+    debug_assert!(supported().contains(&v), "{v:?} not supported here");
     match v {
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => drive(w, bpr, a, n_tok, rows, out, x512::q6k::<NT>, x512::q6k::<1>),
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => drive(
+            w,
+            bpr,
+            a,
+            n_tok,
+            rows,
+            out,
+            x256::q6k::<NT2>,
+            x256::q6k::<1>,
+        ),
         Variant::Rows => mm(w, bpr, n_tok, rows, out, |wr, t| {
             (k.vec_dot_q6_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
         }),
@@ -560,26 +627,107 @@ mod x512 {
     }
 }
 
+/// The products with an explicit [`Variant`], for benchmarks (`benches/kquant_matmul.rs`).
+#[doc(hidden)]
+pub mod bench {
+    pub use super::Variant;
+    use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+    use longquant_quants::simd::kernels;
+
+    /// Every variant this CPU runs, fastest first.
+    pub fn supported() -> Vec<Variant> {
+        super::supported()
+    }
+
+    /// The variant the forward pass uses on this CPU.
+    pub fn best() -> Variant {
+        super::best()
+    }
+
+    /// Panics unless this CPU runs `v` (the tile kernels need their instructions).
+    fn check(v: Variant) {
+        assert!(
+            super::supported().contains(&v),
+            "{v:?} is not supported on this CPU"
+        );
+    }
+
+    /// `out[t * rows + r] = w[r] · a[t]` for Q4_K weights with variant `v`.
+    pub fn matmul_q4k(
+        v: Variant,
+        w: &[BlockQ4K],
+        bpr: usize,
+        a: &[BlockQ8K],
+        n_tok: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        check(v);
+        super::matmul_q4k_with(v, kernels(), w, bpr, a, n_tok, rows, out)
+    }
+
+    /// `out[t * rows + r] = w[r] · a[t]` for Q5_K weights with variant `v`.
+    pub fn matmul_q5k(
+        v: Variant,
+        w: &[BlockQ5K],
+        bpr: usize,
+        a: &[BlockQ8K],
+        n_tok: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        check(v);
+        super::matmul_q5k_with(v, kernels(), w, bpr, a, n_tok, rows, out)
+    }
+
+    /// `out[t * rows + r] = w[r] · a[t]` for Q6_K weights with variant `v`.
+    pub fn matmul_q6k(
+        v: Variant,
+        w: &[BlockQ6K],
+        bpr: usize,
+        a: &[BlockQ8K],
+        n_tok: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        check(v);
+        super::matmul_q6k_with(v, kernels(), w, bpr, a, n_tok, rows, out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use longquant_quants::block::{q4_k, q5_k, q6_k, q8_k};
-    use longquant_quants::simd::{kernels, scalar_kernels, VecDotFn};
+    use longquant_quants::simd::{available, kernels, scalar_kernels, VecDotFn};
     use longquant_quants::QK_K;
 
     type MatmulFn<W> = fn(Variant, &Kernels, &[W], usize, &[BlockQ8K], usize, usize, &mut [f32]);
 
-    /// Every implementation this CPU runs.
+    /// Every implementation this CPU runs: each supported variant with the best kernel table,
+    /// and the row-by-row driver with every kernel table (so the scalar dots too).
     fn variants() -> Vec<(Variant, &'static Kernels)> {
-        let mut v = vec![
-            (Variant::Rows, kernels()),
-            (Variant::Rows, scalar_kernels()),
-        ];
-        #[cfg(target_arch = "x86_64")]
-        if x512::available() {
-            v.push((Variant::Avx512, kernels()));
+        let mut v: Vec<(Variant, &'static Kernels)> = supported()
+            .into_iter()
+            .filter(|&v| v != Variant::Rows)
+            .map(|v| (v, kernels()))
+            .collect();
+        for (_, k) in available() {
+            v.push((Variant::Rows, k));
         }
         v
+    }
+
+    #[test]
+    fn every_tile_variant_is_tested_where_the_cpu_has_it() {
+        let v = supported();
+        assert_eq!(v.last(), Some(&Variant::Rows));
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(v.contains(&Variant::Avx2), x256::available());
+            assert_eq!(v.contains(&Variant::Avx512), x512::available());
+            assert_eq!(best(), v[0]);
+        }
     }
 
     /// Deterministic pseudo-random values in [-1, 1) with occasional outliers.
@@ -616,13 +764,20 @@ mod tests {
         dot: fn(&Kernels) -> VecDotFn<W, BlockQ8K>,
         matmul: MatmulFn<W>,
     ) {
-        for (bpr, rows) in [(1usize, 7usize), (3, 37), (2, 1), (6, 19)] {
+        // The AVX2 row dot (the first non-scalar table), whose bits the tile kernels reproduce.
+        let simd_table = available()
+            .into_iter()
+            .map(|(_, k)| k)
+            .find(|k| !std::ptr::eq(*k, scalar_kernels()));
+        for (bpr, rows) in [(1usize, 7usize), (3, 37), (2, 1), (6, 19), (16, 5)] {
             let x = values(rows * bpr * QK_K, 11 + rows as u64);
             let mut w = vec![W::default(); rows * bpr];
             quantize(&x, &mut w);
             let mut wf = vec![0.0f32; rows * bpr * QK_K];
             dequantize(&w, &mut wf);
-            for n_tok in 1..=9 {
+            // 1..=9 covers every remainder of the 4- and 8-token tiles; 20 and 37 need several
+            // full tiles per task.
+            for n_tok in (1..=9).chain([20, 37]) {
                 let a = acts(n_tok, bpr, 5 + n_tok as u64);
                 let mut af = vec![0.0f32; n_tok * bpr * QK_K];
                 q8_k::dequantize_row_q8_k(&a, &mut af);
@@ -640,14 +795,13 @@ mod tests {
                                 .map(|(p, q)| (p * q).abs())
                                 .sum();
                             let got = out[t * rows + r];
-                            #[cfg(target_arch = "x86_64")]
-                            if v == Variant::Avx512 {
-                                // Same integer lanes and float order as the AVX2 row dot
-                                // (which `kernels()` is wherever AVX-512 is).
+                            if v != Variant::Rows {
+                                // Same integer lanes and float order as the AVX2 row dot.
+                                let simd = simd_table.expect("tile kernels imply the AVX2 table");
                                 assert_eq!(
                                     got.to_bits(),
-                                    dot(kernels())(wr, at).to_bits(),
-                                    "bpr {bpr} rows {rows} n_tok {n_tok} t {t} r {r}"
+                                    dot(simd)(wr, at).to_bits(),
+                                    "{v:?} bpr {bpr} rows {rows} n_tok {n_tok} t {t} r {r}"
                                 );
                             }
                             assert!(

@@ -7,6 +7,8 @@ pub mod forward;
 mod kernels;
 mod mm_float;
 mod mm_kquant;
+#[cfg(target_arch = "x86_64")]
+mod mm_kquant_avx2;
 mod mm_legacy;
 pub mod weights;
 
@@ -14,3 +16,8 @@ pub use config::LlamaConfig;
 pub use error::ModelError;
 pub use forward::{EvalOptions, KvType, Model, Session, SessionOptions};
 pub use weights::DequantizedTensors;
+
+/// K-quant matmul entry points with an explicit kernel variant, for `benches/kquant_matmul.rs`
+/// only: not part of the supported API.
+#[doc(hidden)]
+pub use mm_kquant::bench as mm_kquant_bench;
