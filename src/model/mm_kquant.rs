@@ -79,10 +79,26 @@ fn supported() -> Vec<Variant> {
     v
 }
 
-/// The fastest variant this CPU runs, chosen once.
+/// Environment variable naming the variant to use (`avx512`, `avx2` or `rows`), if the CPU
+/// runs it: lets an AVX-512 host run the forward pass through the AVX2 kernels (all variants
+/// give the same bits, so this changes speed only). Read once.
+const VARIANT_ENV: &str = "LONGQUANT_KQUANT_VARIANT";
+
+/// The variant the products use: the fastest this CPU runs, or the one [`VARIANT_ENV`] names
+/// if supported. Chosen once.
 fn best() -> Variant {
     static BEST: std::sync::OnceLock<Variant> = std::sync::OnceLock::new();
-    *BEST.get_or_init(|| supported().into_iter().next().unwrap_or(Variant::Rows))
+    *BEST.get_or_init(|| {
+        let all = supported();
+        let forced = std::env::var(VARIANT_ENV).ok().and_then(|name| {
+            all.iter()
+                .copied()
+                .find(|v| format!("{v:?}").eq_ignore_ascii_case(name.trim()))
+        });
+        forced
+            .or_else(|| all.first().copied())
+            .unwrap_or(Variant::Rows)
+    })
 }
 
 /// `out[t * rows + r] = w[r] · a[t]` for BlockQ4K weights (bpr blocks per row).
@@ -726,7 +742,9 @@ mod tests {
         {
             assert_eq!(v.contains(&Variant::Avx2), x256::available());
             assert_eq!(v.contains(&Variant::Avx512), x512::available());
-            assert_eq!(best(), v[0]);
+            if std::env::var_os(VARIANT_ENV).is_none() {
+                assert_eq!(best(), v[0]);
+            }
         }
     }
 
