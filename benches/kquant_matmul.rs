@@ -33,6 +33,9 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// A matmul entry point of `mm_kquant_bench`.
+type MatmulFn<W> = fn(Variant, &[W], usize, &[BlockQ8K], usize, usize, &mut [f32]);
+
 /// Best wall time of `f` over at least 3 calls and about 0.2 s, after one warm-up call.
 fn best_time(mut f: impl FnMut()) -> Duration {
     f();
@@ -55,7 +58,7 @@ fn run<W>(
     n_tok: usize,
     w: &[W],
     a: &[BlockQ8K],
-    matmul: fn(Variant, &[W], usize, &[BlockQ8K], usize, usize, &mut [f32]),
+    matmul: MatmulFn<W>,
 ) {
     let bpr = cols / QK_K;
     let mut out = vec![0.0f32; n_tok * rows];
