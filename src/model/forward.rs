@@ -8,7 +8,8 @@
 //!
 //! Numerics follow llama.cpp's CPU graph for `LLM_ARCH_LLAMA` where it matters for agreement:
 //! RMSNorm sums squares in f64 and scales in f32 before the gain (ggml_rms_norm then ggml_mul);
-//! RoPE angles come from the same running f32 product `θ·base^(-2/n_rot)` as ggml's rope cache;
+//! RoPE angles come from the same running f32 product `θ·base^(-2/n_rot)` as ggml's rope cache,
+//! and each rotation fuses one product as GCC's FMA contraction of ggml's `rotate_pairs` does;
 //! with an F16 KV cache, K and V are rounded to f16 and everything else stays f32, as in ggml's
 //! tiled flash-attention kernel (`ggml_compute_forward_flash_attn_ext_tiled`, which
 //! llama-perplexity uses on x86 for batches of at least `GGML_FA_TILE_Q` queries).
@@ -221,6 +222,36 @@ fn for_chunks<A: Send>(a: &mut [A], chunk: usize, f: impl Fn(usize, &mut [A]) + 
     } else {
         a.chunks_mut(chunk).enumerate().for_each(|(i, x)| f(i, x));
     }
+}
+
+/// A tracer: called with a tensor's name and values.
+#[cfg(feature = "trace")]
+pub type Tracer = Box<dyn FnMut(&str, &[f32])>;
+
+#[cfg(feature = "trace")]
+thread_local! {
+    static TRACE: std::cell::RefCell<Option<Tracer>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (or with `None` removes) this thread's tracer: with the `trace` feature, the forward
+/// pass run from this thread calls it with every intermediate tensor, named as llama.cpp's graph
+/// names it (`Qcur-0`/`Kcur-0` after RoPE, `Vcur-0`, `attn_out-0`, `ffn_inp-0`, `ffn_out-0`,
+/// `l_out-0`, ...; `Qcur_mm-0`/`Kcur_mm-0` before RoPE), one token tile of
+/// rows at a time. A debugging aid for comparing with llama.cpp's `cb_eval` dumps.
+#[cfg(feature = "trace")]
+pub fn set_trace(f: Option<Tracer>) {
+    TRACE.with(|t| *t.borrow_mut() = f);
+}
+
+/// Shows `v` to the tracer as `name`-`il` (nothing without the `trace` feature).
+#[inline(always)]
+fn trace(_name: &str, _il: usize, _v: &[f32]) {
+    #[cfg(feature = "trace")]
+    TRACE.with(|t| {
+        if let Some(f) = t.borrow_mut().as_mut() {
+            f(&format!("{_name}-{_il}"), _v);
+        }
+    });
 }
 
 /// `x += o`, elementwise.
@@ -520,8 +551,13 @@ impl<'a> Model<'a> {
                 acts.matmul(&lw.wq, qs);
                 acts.matmul(&lw.wk, &mut kt[..nt * dkv]);
                 acts.matmul(&lw.wv, &mut vt[..nt * dkv]);
+                trace("Qcur_mm", il, qs);
+                trace("Kcur_mm", il, &kt[..nt * dkv]);
+                trace("Vcur", il, &vt[..nt * dkv]);
                 rope.apply(qs, t0, cfg.n_head, cfg.head_dim);
                 rope.apply(&mut kt[..nt * dkv], t0, cfg.n_head_kv, cfg.head_dim);
+                trace("Qcur", il, qs);
+                trace("Kcur", il, &kt[..nt * dkv]);
                 cache.push(&kt[..nt * dkv], &vt[..nt * dkv]);
             }
             // Attention output overwrites the queries.
@@ -532,8 +568,10 @@ impl<'a> Model<'a> {
                 let os = &mut o[..nt * d];
                 show(Some(il), &["attn_output"], &q[t0 * d..(t0 + nt) * d]);
                 ActCache::new(&q[t0 * d..(t0 + nt) * d], d).matmul(&lw.wo, os);
+                trace("attn_out", il, os);
                 let xs = &mut x[t0 * d..(t0 + nt) * d];
                 add_in_place(xs, os);
+                trace("ffn_inp", il, xs);
                 let xn = &mut xn[..nt * d];
                 rms_norm(xs, &lw.ffn_norm, cfg.rms_eps, xn);
                 show(Some(il), &["ffn_gate", "ffn_up"], xn);
@@ -541,10 +579,14 @@ impl<'a> Model<'a> {
                 let mut acts = ActCache::new(xn, d);
                 acts.matmul(&lw.gate, gs);
                 acts.matmul(&lw.up, us);
+                trace("ffn_gate", il, gs);
+                trace("ffn_up", il, us);
                 zip_chunks(gs, us, 4096, swiglu);
                 show(Some(il), &["ffn_down"], gs);
                 ActCache::new(gs, cfg.n_ff).matmul(&lw.down, os);
+                trace("ffn_out", il, os);
                 add_in_place(xs, os);
+                trace("l_out", il, xs);
             }
         }
 
@@ -599,17 +641,44 @@ impl RopeTable {
         if half == 0 {
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        let fma = std::arch::is_x86_feature_detected!("fma");
         for_chunks(x, n_heads * head_dim, |r, row| {
             let cs = &self.cs[(r0 + r) * half..(r0 + r + 1) * half];
-            for head in row.chunks_mut(head_dim) {
-                for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
-                    let (x0, x1) = (pair[0], pair[1]);
-                    pair[0] = x0 * c - x1 * s;
-                    pair[1] = x0 * s + x1 * c;
-                }
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the CPU supports FMA (checked above).
+                unsafe { rotate_fma(row, cs, head_dim) };
+                return;
             }
+            rotate(row, cs, head_dim);
         });
     }
+}
+
+/// Rotates the pairs of every `head_dim`-wide head of `row` by `cs`. The arithmetic is ggml's
+/// `rotate_pairs` as GCC compiles it with FMA contraction (llama.cpp's CPU backend is built with
+/// `-march=native`): the first product of each output is fused with the other, already rounded,
+/// product: `x0' = fma(x0, cos, -(x1·sin))`, `x1' = fma(x0, sin, x1·cos)`. Checked bit for bit
+/// against llama.cpp's `Qcur`/`Kcur` after RoPE (scripts/llamacpp/dump_tensors.py); the unfused
+/// form differs in about a fifth of the values by an ulp, which then flips Q8_0 activation
+/// roundings downstream.
+#[inline(always)]
+fn rotate(row: &mut [f32], cs: &[(f32, f32)], head_dim: usize) {
+    for head in row.chunks_mut(head_dim) {
+        for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
+            let (x0, x1) = (pair[0], pair[1]);
+            pair[0] = x0.mul_add(c, -(x1 * s));
+            pair[1] = x0.mul_add(s, x1 * c);
+        }
+    }
+}
+
+/// [`rotate`] compiled with FMA, so `mul_add` is one instruction instead of a libm call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rotate_fma(row: &mut [f32], cs: &[(f32, f32)], head_dim: usize) {
+    rotate(row, cs, head_dim)
 }
 
 /// Head geometry shared by the attention kernels.
