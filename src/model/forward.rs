@@ -8,7 +8,8 @@
 //!
 //! Numerics follow llama.cpp's CPU graph for `LLM_ARCH_LLAMA` where it matters for agreement:
 //! RMSNorm sums squares in f64 and scales in f32 before the gain (ggml_rms_norm then ggml_mul);
-//! RoPE angles come from the same running f32 product `θ·base^(-2/n_rot)` as ggml's rope cache;
+//! RoPE angles come from the same running f32 product `θ·base^(-2/n_rot)` as ggml's rope cache,
+//! and each rotation fuses one product as GCC's FMA contraction of ggml's `rotate_pairs` does;
 //! with an F16 KV cache, K and V are rounded to f16 and everything else stays f32, as in ggml's
 //! tiled flash-attention kernel (`ggml_compute_forward_flash_attn_ext_tiled`, which
 //! llama-perplexity uses on x86 for batches of at least `GGML_FA_TILE_Q` queries).
@@ -46,12 +47,13 @@ const LOGIT_TILE: usize = 32;
 const BQ: usize = 32;
 /// Keys per attention block: the unit of the K/V layout and of the online softmax.
 const BK: usize = 64;
-/// Keys per attention super-block (a multiple of [`BK`]). Every query's softmax is accumulated
-/// separately over each super-block and the partial results are merged in order, so decoding
-/// can spread one query's keys over threads and still give batch evaluation's bits.
+/// Keys per attention super-block (a multiple of [`BK`]): the unit of work of
+/// `attend_superblock`. Every query's softmax is ONE running state over all its key blocks in
+/// order, as in ggml's tiled flash attention (`ggml_compute_forward_flash_attn_ext_tiled`);
+/// merging per-super-block partial states instead rounds differently beyond 512 keys.
 const SB: usize = 8 * BK;
-/// Below this many queries, attention splits the keys (super-blocks) across tasks instead of
-/// the queries.
+/// Below this many queries, attention gives each task one query head (all queries) instead of
+/// a block of queries (all heads).
 const SPLIT_BELOW: usize = 64;
 /// Below this many query·key·dim products, decoding attention stays on the calling thread.
 const PAR_MIN_ATTN: usize = 1 << 19;
@@ -221,6 +223,36 @@ fn for_chunks<A: Send>(a: &mut [A], chunk: usize, f: impl Fn(usize, &mut [A]) + 
     } else {
         a.chunks_mut(chunk).enumerate().for_each(|(i, x)| f(i, x));
     }
+}
+
+/// A tracer: called with a tensor's name and values.
+#[cfg(feature = "trace")]
+pub type Tracer = Box<dyn FnMut(&str, &[f32])>;
+
+#[cfg(feature = "trace")]
+thread_local! {
+    static TRACE: std::cell::RefCell<Option<Tracer>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (or with `None` removes) this thread's tracer: with the `trace` feature, the forward
+/// pass run from this thread calls it with every intermediate tensor, named as llama.cpp's graph
+/// names it (`Qcur-0`/`Kcur-0` after RoPE, `Vcur-0`, `attn_out-0`, `ffn_inp-0`, `ffn_out-0`,
+/// `l_out-0`, ...; `Qcur_mm-0`/`Kcur_mm-0` before RoPE), one token tile of
+/// rows at a time. A debugging aid for comparing with llama.cpp's `cb_eval` dumps.
+#[cfg(feature = "trace")]
+pub fn set_trace(f: Option<Tracer>) {
+    TRACE.with(|t| *t.borrow_mut() = f);
+}
+
+/// Shows `v` to the tracer as `name`-`il` (nothing without the `trace` feature).
+#[inline(always)]
+fn trace(_name: &str, _il: usize, _v: &[f32]) {
+    #[cfg(feature = "trace")]
+    TRACE.with(|t| {
+        if let Some(f) = t.borrow_mut().as_mut() {
+            f(&format!("{_name}-{_il}"), _v);
+        }
+    });
 }
 
 /// `x += o`, elementwise.
@@ -520,8 +552,13 @@ impl<'a> Model<'a> {
                 acts.matmul(&lw.wq, qs);
                 acts.matmul(&lw.wk, &mut kt[..nt * dkv]);
                 acts.matmul(&lw.wv, &mut vt[..nt * dkv]);
+                trace("Qcur_mm", il, qs);
+                trace("Kcur_mm", il, &kt[..nt * dkv]);
+                trace("Vcur", il, &vt[..nt * dkv]);
                 rope.apply(qs, t0, cfg.n_head, cfg.head_dim);
                 rope.apply(&mut kt[..nt * dkv], t0, cfg.n_head_kv, cfg.head_dim);
+                trace("Qcur", il, qs);
+                trace("Kcur", il, &kt[..nt * dkv]);
                 cache.push(&kt[..nt * dkv], &vt[..nt * dkv]);
             }
             // Attention output overwrites the queries.
@@ -532,8 +569,10 @@ impl<'a> Model<'a> {
                 let os = &mut o[..nt * d];
                 show(Some(il), &["attn_output"], &q[t0 * d..(t0 + nt) * d]);
                 ActCache::new(&q[t0 * d..(t0 + nt) * d], d).matmul(&lw.wo, os);
+                trace("attn_out", il, os);
                 let xs = &mut x[t0 * d..(t0 + nt) * d];
                 add_in_place(xs, os);
+                trace("ffn_inp", il, xs);
                 let xn = &mut xn[..nt * d];
                 rms_norm(xs, &lw.ffn_norm, cfg.rms_eps, xn);
                 show(Some(il), &["ffn_gate", "ffn_up"], xn);
@@ -541,10 +580,14 @@ impl<'a> Model<'a> {
                 let mut acts = ActCache::new(xn, d);
                 acts.matmul(&lw.gate, gs);
                 acts.matmul(&lw.up, us);
+                trace("ffn_gate", il, gs);
+                trace("ffn_up", il, us);
                 zip_chunks(gs, us, 4096, swiglu);
                 show(Some(il), &["ffn_down"], gs);
                 ActCache::new(gs, cfg.n_ff).matmul(&lw.down, os);
+                trace("ffn_out", il, os);
                 add_in_place(xs, os);
+                trace("l_out", il, xs);
             }
         }
 
@@ -599,17 +642,44 @@ impl RopeTable {
         if half == 0 {
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        let fma = std::arch::is_x86_feature_detected!("fma");
         for_chunks(x, n_heads * head_dim, |r, row| {
             let cs = &self.cs[(r0 + r) * half..(r0 + r + 1) * half];
-            for head in row.chunks_mut(head_dim) {
-                for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
-                    let (x0, x1) = (pair[0], pair[1]);
-                    pair[0] = x0 * c - x1 * s;
-                    pair[1] = x0 * s + x1 * c;
-                }
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the CPU supports FMA (checked above).
+                unsafe { rotate_fma(row, cs, head_dim) };
+                return;
             }
+            rotate(row, cs, head_dim);
         });
     }
+}
+
+/// Rotates the pairs of every `head_dim`-wide head of `row` by `cs`. The arithmetic is ggml's
+/// `rotate_pairs` as GCC compiles it with FMA contraction (llama.cpp's CPU backend is built with
+/// `-march=native`): the first product of each output is fused with the other, already rounded,
+/// product: `x0' = fma(x0, cos, -(x1·sin))`, `x1' = fma(x0, sin, x1·cos)`. Checked bit for bit
+/// against llama.cpp's `Qcur`/`Kcur` after RoPE (scripts/llamacpp/dump_tensors.py); the unfused
+/// form differs in about a fifth of the values by an ulp, which then flips Q8_0 activation
+/// roundings downstream.
+#[inline(always)]
+fn rotate(row: &mut [f32], cs: &[(f32, f32)], head_dim: usize) {
+    for head in row.chunks_mut(head_dim) {
+        for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
+            let (x0, x1) = (pair[0], pair[1]);
+            pair[0] = x0.mul_add(c, -(x1 * s));
+            pair[1] = x0.mul_add(s, x1 * c);
+        }
+    }
+}
+
+/// [`rotate`] compiled with FMA, so `mul_add` is one instruction instead of a libm call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rotate_fma(row: &mut [f32], cs: &[(f32, f32)], head_dim: usize) {
+    rotate(row, cs, head_dim)
 }
 
 /// Head geometry shared by the attention kernels.
@@ -656,35 +726,6 @@ impl RowState {
         self.l.fill(0.0);
         self.acc.fill(0.0);
     }
-
-    /// Folds `part` (the same rows over later keys) into `self`. Plain f32 arithmetic, so the
-    /// result depends only on the two states, never on how the work was scheduled.
-    fn merge(&mut self, part: &RowState, hd: usize) {
-        for r in 0..self.m.len() {
-            let pm = part.m[r];
-            if pm == f32::NEG_INFINITY {
-                continue;
-            }
-            let (acc, pacc) = (
-                &mut self.acc[r * hd..(r + 1) * hd],
-                &part.acc[r * hd..(r + 1) * hd],
-            );
-            let tm = self.m[r];
-            if tm == f32::NEG_INFINITY {
-                self.m[r] = pm;
-                self.l[r] = part.l[r];
-                acc.copy_from_slice(pacc);
-                continue;
-            }
-            let m = tm.max(pm);
-            let (c1, c2) = (exp_neg(tm - m), exp_neg(pm - m));
-            self.l[r] = self.l[r] * c1 + part.l[r] * c2;
-            for (a, &b) in acc.iter_mut().zip(pacc) {
-                *a = *a * c1 + b * c2;
-            }
-            self.m[r] = m;
-        }
-    }
 }
 
 /// The query rows of one task for one KV head: row `r` is query head `gk·group + r % group`
@@ -712,6 +753,20 @@ impl Rows {
             }
         }
         rows
+    }
+
+    /// Gathers query head `g·group + hh` of every row of `q` (positions `i0..`).
+    fn gather_head(q: &[f32], i0: usize, g: usize, hh: usize, h: &Heads) -> Self {
+        let d = h.nh * h.hd;
+        let head = g * h.group + hh;
+        let nq = q.len() / d;
+        Rows {
+            q: (0..nq)
+                .flat_map(|qi| &q[qi * d + head * h.hd..qi * d + (head + 1) * h.hd])
+                .copied()
+                .collect(),
+            pos: (0..nq).map(|qi| i0 + qi).collect(),
+        }
     }
 
     /// Writes the normalized outputs of `st` back into the rows of `q` they came from.
@@ -854,11 +909,10 @@ fn attend_superblock(
 /// Causal grouped-query attention, in place: row `i` of `q` (n × n_head·head_dim, position
 /// `p0 + i`) is replaced by its attention output over keys `0..=p0 + i` of `kv`.
 ///
-/// Every query's softmax runs over fixed key blocks of [`BK`] and super-blocks of [`SB`]
-/// (absolute positions), merged in super-block order, so its result does not depend on which
-/// other queries are evaluated with it. Many queries: tasks own [`BQ`] of them and walk all
-/// their keys. Few queries (decoding): tasks own a (KV head, super-block) pair and the partial
-/// states are merged afterwards, so one query's long context is spread over the threads.
+/// Every query's softmax runs over fixed key blocks of [`BK`] (absolute positions) in one
+/// running state, in key order, so its result does not depend on which other queries are
+/// evaluated with it. Many queries: tasks own [`BQ`] of them and walk all their keys. Few
+/// queries (decoding): one task per query head.
 fn attention(q: &mut [f32], p0: usize, kv: &LayerKv, cfg: &LlamaConfig) {
     let h = Heads::new(cfg.n_head, cfg.n_head_kv, cfg.head_dim);
     attention_with(AttnKernel::detect(h.hd), q, p0, kv, &h);
@@ -878,42 +932,45 @@ fn attention_with(kern: AttnKernel, q: &mut [f32], p0: usize, kv: &LayerKv, h: &
             let nr = (qblk.len() / d) * h.group;
             let last_sb = (i0 + qblk.len() / d - 1) / SB;
             let mut sc = Scratch::new(nr, h.hd);
-            let (mut total, mut part) = (RowState::new(nr, h.hd), RowState::new(nr, h.hd));
+            let mut st = RowState::new(nr, h.hd);
             for g in 0..h.nkv {
                 let rows = Rows::gather(qblk, i0, g, &h);
-                total.reset();
+                st.reset();
                 for sb in 0..=last_sb {
-                    part.reset();
-                    attend_superblock(kern, &rows, kv, g, sb, &mut part, &mut sc, &h);
-                    total.merge(&part, h.hd);
+                    attend_superblock(kern, &rows, kv, g, sb, &mut st, &mut sc, &h);
                 }
-                rows.scatter(&total, qblk, g, &h);
+                rows.scatter(&st, qblk, g, &h);
             }
         });
     } else {
-        let nr = n * h.group;
+        // One task per query head, each walking all its keys in order, so every row sees the
+        // same single running softmax as in batch evaluation.
         let n_sb = (p0 + n - 1) / SB + 1;
-        let rows: Vec<Rows> = (0..h.nkv).map(|g| Rows::gather(q, p0, g, &h)).collect();
         let task = |t: usize| {
-            let (g, sb) = (t / n_sb, t % n_sb);
-            let mut st = RowState::new(nr, h.hd);
-            let mut sc = Scratch::new(nr, h.hd);
-            attend_superblock(kern, &rows[g], kv, g, sb, &mut st, &mut sc, &h);
+            let (g, hh) = (t / h.group, t % h.group);
+            let rows = Rows::gather_head(q, p0, g, hh, &h);
+            let mut st = RowState::new(n, h.hd);
+            let mut sc = Scratch::new(n, h.hd);
+            for sb in 0..n_sb {
+                attend_superblock(kern, &rows, kv, g, sb, &mut st, &mut sc, &h);
+            }
             st
         };
         // Short contexts: less work than a rayon dispatch is worth.
         let parts: Vec<RowState> = if n * h.nh * (p0 + n) * h.hd >= PAR_MIN_ATTN {
-            (0..h.nkv * n_sb).into_par_iter().map(task).collect()
+            (0..h.nh).into_par_iter().map(task).collect()
         } else {
-            (0..h.nkv * n_sb).map(task).collect()
+            (0..h.nh).map(task).collect()
         };
-        let mut total = RowState::new(nr, h.hd);
-        for (g, rows) in rows.iter().enumerate() {
-            total.reset();
-            for part in &parts[g * n_sb..(g + 1) * n_sb] {
-                total.merge(part, h.hd);
+        for (t, st) in parts.iter().enumerate() {
+            let head = t; // task t is query head t (g·group + hh)
+            for qi in 0..n {
+                let inv = 1.0 / st.l[qi];
+                let dst = &mut q[qi * d + head * h.hd..qi * d + (head + 1) * h.hd];
+                for (o, &a) in dst.iter_mut().zip(&st.acc[qi * h.hd..(qi + 1) * h.hd]) {
+                    *o = a * inv;
+                }
             }
-            rows.scatter(&total, q, g, &h);
         }
     }
 }
@@ -1417,10 +1474,10 @@ mod tests {
 
     #[test]
     fn attention_matches_reference_and_does_not_depend_on_batching() {
-        // head_dim 80 exercises both the 64-wide and the 16-wide column tiles; 300 positions
+        // head_dim 80 exercises both the 64-wide and the 16-wide column tiles; 600 positions
         // span two super-blocks and a partial key block.
         let h = Heads::new(6, 2, 80);
-        let (d, dkv, n) = (h.nh * h.hd, h.nkv * h.hd, 300);
+        let (d, dkv, n) = (h.nh * h.hd, h.nkv * h.hd, 600);
         // Large queries make the softmax peaky, so max tracking and rescaling are exercised.
         let q: Vec<f32> = noise(n * d, 1).iter().map(|x| 4.0 * x).collect();
         let (k, v) = (noise(n * dkv, 2), noise(n * dkv, 3));

@@ -7,10 +7,22 @@
 //! scales are widened to 16-bit lanes ONCE, then multiplied against [`NT`] tokens' activation
 //! blocks (`vpmaddubsw` for the byte products, `vpdpwssd` to apply the scales and accumulate in
 //! one instruction, 64 weights per instruction pair). Row-by-row dot products redo the unpacking
-//! for every token and need three AVX2 instructions per 32 weights for the same work. The i32
-//! lanes are folded to the eight lanes of the quants crate's AVX2 row dot, which then holds the
-//! same integers, and the float work is the row dot's: results are bit-identical to it, so the
-//! forward pass's numbers (and its agreement with llama.cpp) do not move.
+//! for every token and need three AVX2 instructions per 32 weights for the same work.
+//!
+//! The float work is that of llama.cpp's tiled K-quant matmul (`ggml/src/ggml-cpu/tiled/`), which
+//! `ggml_compute_forward_mul_mat` uses on x86 for every batch of 8+ tokens (perplexity, prompt
+//! processing) and every K-quant weight it has not repacked (Q5_K and Q6_K; Q4_K too under
+//! `--no-repack`): per super-block the scaled code sum is one exact integer, converted to f32 and
+//! multiplied by the weight scale (the min term of Q4_K/Q5_K removed in one fused step), and the
+//! token's running sum takes `that · d_act` in one fused multiply-add, super-block after
+//! super-block. Checked bit for bit against llama.cpp's `ffn_out` of SmolLM2's Q6_K layers
+//! (scripts/llamacpp/dump_tensors.py); the eight-lane row dot (the quants crate's, and
+//! llama.cpp's own `ggml_vec_dot_q6_K_q8_K`, used there only below 8 tokens) rounds differently
+//! in about 2/3 of the outputs. Q4_K, which llama.cpp repacks by default, follows the float
+//! steps of its repacked q4_K_8x8 GEMM instead (a code sum and a min sum per 64-weight quarter,
+//! each fused into its own running sum, subtracted at the end). The AVX2 tile kernels and the
+//! row-by-row fallback keep the row dot's eight-lane arithmetic, so AVX2-only hosts agree with
+//! llama.cpp to within the activation-rounding noise rather than bit for bit.
 //!
 //! Every token owns its accumulators and sees the same instruction sequence whatever the number
 //! of tokens processed together (the tile kernels are generic over that number), so a token's
@@ -385,37 +397,12 @@ mod x512 {
         ix
     }
 
-    /// Sum of 8 f32 lanes.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn hsum256(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Sum of 4 f32 lanes, in the row dot's order.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn hsum128(m: __m128) -> f32 {
-        let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        _mm_cvtss_f32(m)
-    }
-
-    /// Lane `l` plus lane `l + 8` of a block's i32 sums, as f32. A 64-weight chunk puts
-    /// weights 4l..4l+4 of its first 32 in lane `l` and of its second 32 in lane `l + 8`, so
-    /// the fold holds exactly the integers the AVX2 row dot holds in its 8 lanes (products of
-    /// weights 4l..4l+4 of every 32-weight group): the float work that follows is the row dot's,
-    /// and the results are bit-identical to it.
+    /// Lane `l` plus lane `l + 8` of a block's i32 sums: a 64-weight chunk puts weights
+    /// 4l..4l+4 of its first 32 in lane `l` and of its second 32 in lane `l + 8`.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline]
-    unsafe fn fold(v: __m512i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_add_epi32(
-            _mm512_castsi512_si256(v),
-            _mm512_extracti64x4_epi64::<1>(v),
-        ))
+    unsafe fn fold_i(v: __m512i) -> __m256i {
+        _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
     }
 
     /// Q4_K/Q5_K scales and mins as 16 i16 lanes (scales in 0..8, mins in 8..16), the
@@ -470,8 +457,7 @@ mod x512 {
         (wd, wdmin): (f32, f32),
         a: &[BlockQ8K],
         (nb, b): (usize, usize),
-        acc: &mut [__m256; N],
-        accm: &mut [__m128; N],
+        acc: &mut [f32; N],
     ) {
         // SAFETY: register work plus loads inside the blocks' fixed arrays; AVX-512 (caller).
         unsafe {
@@ -488,17 +474,109 @@ mod x512 {
                     // multiplies by the 6-bit scales and accumulates in i32 (exact).
                     isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(v[m], y), s[m]);
                 }
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(ab.d * wd), fold(isum), acc[t]);
-                // Σ_j min_j · (bsums[2j] + bsums[2j+1]) in 4 lanes, as the row dot forms it.
+                // Σ_j min_j · (bsums[2j] + bsums[2j+1]), exact.
                 let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
                 let q8s = _mm_hadd_epi16(
                     _mm256_castsi256_si128(bs),
                     _mm256_extracti128_si256::<1>(bs),
                 );
-                let mi = _mm_madd_epi16(mins, q8s);
-                accm[t] = _mm_fmadd_ps(_mm_set1_ps(-ab.d * wdmin), _mm_cvtepi32_ps(mi), accm[t]);
+                let smin = hsum_epi32_128(_mm_madd_epi16(mins, q8s));
+                let sdot = _mm512_reduce_add_epi32(isum);
+                acc[t] = block_k4(sdot, smin, wd, wdmin).mul_add(ab.d, acc[t]);
             }
         }
+    }
+
+    /// The token loop of Q4_K in the float steps of llama.cpp's default x86 path for Q4_K, the
+    /// repacked `q4_K_8x8` GEMM (`ggml_gemm_q4_K_8x8_q8_K`, arch/x86/repack.cpp; `--no-repack`
+    /// would take the tiled kernel of [`block_k4`] instead): for each 64-weight quarter of each
+    /// super-block, the exact integer Σ scale·level·y, converted to f32, is fused into a running
+    /// code sum with the factor `d·d_y`, and Σ min·bsum likewise into a running min sum with
+    /// `dmin·d_y`; the result is code sum − min sum. Checked bit for bit against llama.cpp's
+    /// `ffn_out` of SmolLM2's Q4_K layers.
+    ///
+    /// # Safety
+    /// As [`k4_tokens`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn q4k_tokens<const N: usize>(
+        c: &K4Consts,
+        v: &[__m512i; 4],
+        sm: __m256i,
+        (wd, wdmin): (f32, f32),
+        a: &[BlockQ8K],
+        (nb, b): (usize, usize),
+        acc: &mut [f32; N],
+        accm: &mut [f32; N],
+    ) {
+        // SAFETY: register work plus loads inside the blocks' fixed arrays; AVX-512 (caller).
+        unsafe {
+            let sm512 = _mm512_castsi256_si512(sm);
+            let s: [__m512i; 4] =
+                std::array::from_fn(|m| _mm512_permutexvar_epi16(c.sc_ix[m], sm512));
+            let mins = _mm256_extracti128_si256::<1>(sm);
+            for t in 0..N {
+                let ab = &a[t * nb + b];
+                let p: [__m512i; 4] = std::array::from_fn(|m| {
+                    let y = _mm512_loadu_si512(ab.qs.as_ptr().add(64 * m).cast());
+                    _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_maddubs_epi16(v[m], y), s[m])
+                });
+                let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+                let q8s = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(bs),
+                    _mm256_extracti128_si256::<1>(bs),
+                );
+                // Quarter m: min_2m·(bsum of weights 64m..64m+32) + min_2m+1·(the next 32).
+                let mut codes = [0.0f32; 4];
+                let mut mins_q = [0.0f32; 4];
+                _mm_storeu_ps(codes.as_mut_ptr(), _mm_cvtepi32_ps(hsum4_epi32(&p)));
+                _mm_storeu_ps(
+                    mins_q.as_mut_ptr(),
+                    _mm_cvtepi32_ps(_mm_madd_epi16(mins, q8s)),
+                );
+                let (dd, dm) = (wd * ab.d, wdmin * ab.d);
+                for m in 0..4 {
+                    acc[t] = codes[m].mul_add(dd, acc[t]);
+                    accm[t] = mins_q[m].mul_add(dm, accm[t]);
+                }
+            }
+        }
+    }
+
+    /// The totals of four vectors of 16 i32 lanes, as one vector `[Σp0, Σp1, Σp2, Σp3]`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn hsum4_epi32(p: &[__m512i; 4]) -> __m128i {
+        let h: [__m256i; 4] = std::array::from_fn(|m| {
+            _mm256_add_epi32(
+                _mm512_castsi512_si256(p[m]),
+                _mm512_extracti64x4_epi64::<1>(p[m]),
+            )
+        });
+        // Each 128-bit half of `q` holds [p0, p1, p2, p3] summed over its half's lanes.
+        let q = _mm256_hadd_epi32(_mm256_hadd_epi32(h[0], h[1]), _mm256_hadd_epi32(h[2], h[3]));
+        _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q))
+    }
+
+    /// One Q4_K/Q5_K super-block's contribution before the activation scale, in the float
+    /// steps of llama.cpp's tiled K-quant matmul (`ggml/src/ggml-cpu/tiled`, which
+    /// `ggml_compute_forward_mul_mat` takes for batches of 8+ tokens): the scaled code sum and the
+    /// min sum are exact integers, the first is converted and multiplied by `d`, then the
+    /// min term is removed in one fused step. The caller adds `result · d_act` to the running sum
+    /// in one fused step too, super-block by super-block.
+    #[inline(always)]
+    fn block_k4(sdot: i32, smin: i32, wd: f32, wdmin: f32) -> f32 {
+        (-wdmin).mul_add(smin as f32, sdot as f32 * wd)
+    }
+
+    /// Sum of 4 i32 lanes (exact; the order does not matter).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn hsum_epi32_128(v: __m128i) -> i32 {
+        let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+        let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01>(v));
+        _mm_cvtsi128_si32(v)
     }
 
     /// Q4_K · Q8_K for `N` tokens.
@@ -513,8 +591,8 @@ mod x512 {
         unsafe {
             let c = k4_consts();
             let m4 = _mm512_set1_epi8(0x0f);
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut accm = [_mm_setzero_ps(); N];
+            let mut acc = [0.0f32; N];
+            let mut accm = [0.0f32; N];
             for (b, wb) in w.iter().enumerate() {
                 let sm = scales_mins_k4(&wb.scales);
                 // Bytes 32c..32c+32 hold weights 64c+l (low nibble) and 64c+32+l (high): the
@@ -528,9 +606,9 @@ mod x512 {
                     v[2 * h + 1] = _mm512_shuffle_i64x2::<0xee>(lo, hi);
                 }
                 let d = (f16_bits(wb.d.to_bits()), f16_bits(wb.dmin.to_bits()));
-                k4_tokens::<N>(&c, &v, sm, d, a, (nb, b), &mut acc, &mut accm);
+                q4k_tokens::<N>(&c, &v, sm, d, a, (nb, b), &mut acc, &mut accm);
             }
-            std::array::from_fn(|t| hsum256(acc[t]) + hsum128(accm[t]))
+            std::array::from_fn(|t| acc[t] - accm[t])
         }
     }
 
@@ -554,8 +632,7 @@ mod x512 {
                     _mm256_set1_epi8(1 << (2 * m + 1)),
                 )
             });
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut accm = [_mm_setzero_ps(); N];
+            let mut acc = [0.0f32; N];
             for (b, wb) in w.iter().enumerate() {
                 let sm = scales_mins_k4(&wb.scales);
                 let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(wb.qh.as_ptr().cast()));
@@ -572,14 +649,15 @@ mod x512 {
                     v[m] = _mm512_mask_add_epi8(v[m], k, v[m], sixteen);
                 }
                 let d = (f16_bits(wb.d.to_bits()), f16_bits(wb.dmin.to_bits()));
-                k4_tokens::<N>(&c, &v, sm, d, a, (nb, b), &mut acc, &mut accm);
+                k4_tokens::<N>(&c, &v, sm, d, a, (nb, b), &mut acc);
             }
-            std::array::from_fn(|t| hsum256(acc[t]) + hsum128(accm[t]))
+            acc
         }
     }
 
-    /// Q6_K · Q8_K for `N` tokens. The −32 offset of the levels is taken out per pair of
-    /// products, as the row dot does.
+    /// Q6_K · Q8_K for `N` tokens. The −32 offset of the levels comes off as
+    /// `32 · Σ scale·bsum` from the block's integer sum, as in llama.cpp's tiled kernel (the
+    /// integer is the same however it is formed).
     ///
     /// # Safety
     /// As [`q4k`].
@@ -591,7 +669,6 @@ mod x512 {
         unsafe {
             let m4 = _mm512_set1_epi8(0x0f);
             let m3 = _mm512_set1_epi8(3);
-            let m32 = _mm512_set1_epi8(32);
             let sc_ix: [__m512i; 4] =
                 std::array::from_fn(|j| _mm512_loadu_si512(index(4 * j, 8).as_ptr().cast()));
             // The two high bits of weight 128h+32k+l are bits 2k..2k+2 of qh[32h+l]: per i16
@@ -600,7 +677,7 @@ mod x512 {
                 _mm512_inserti64x4::<1>(_mm512_set1_epi16(a), _mm256_set1_epi16(b))
             };
             let (sh01, sh23) = (sh(0, 2), sh(4, 6));
-            let mut acc = [_mm256_setzero_ps(); N];
+            let mut acc = [0.0f32; N];
             for (b, wb) in w.iter().enumerate() {
                 let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.scales.as_ptr().cast()));
                 let sc512 = _mm512_castsi256_si512(sc16);
@@ -626,19 +703,22 @@ mod x512 {
                     let mut isum = _mm512_setzero_si512();
                     for j in 0..4 {
                         let y = _mm512_loadu_si512(ab.qs.as_ptr().add(64 * j).cast());
-                        // Pairs of level·y (levels 0..63) minus pairs of 32·y: ≤ 2·63·128 and
-                        // 2·32·128, difference exact in i16; the offset is removed per lane as
-                        // the row dot does, so the lanes hold the same integers.
-                        let p = _mm512_sub_epi16(
-                            _mm512_maddubs_epi16(v[j], y),
-                            _mm512_maddubs_epi16(m32, y),
-                        );
-                        isum = _mm512_dpwssd_epi32(isum, p, s[j]);
+                        // Pairs of level·y with levels 0..63: |·| ≤ 2·63·128, exact in i16.
+                        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(v[j], y), s[j]);
                     }
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(ab.d * wd), fold(isum), acc[t]);
+                    // The level offset 32 comes off the block's total as 32·Σ scale·bsum.
+                    let bs = _mm256_loadu_si256(ab.bsums.as_ptr().cast());
+                    let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, sc16));
+                    let lanes = _mm256_sub_epi32(fold_i(isum), off);
+                    let sdot = hsum_epi32_128(_mm_add_epi32(
+                        _mm256_castsi256_si128(lanes),
+                        _mm256_extracti128_si256::<1>(lanes),
+                    ));
+                    // One fused step per super-block, as llama.cpp's tiled kernel.
+                    acc[t] = (sdot as f32 * wd).mul_add(ab.d, acc[t]);
                 }
             }
-            std::array::from_fn(|t| hsum256(acc[t]))
+            acc
         }
     }
 }
@@ -780,6 +860,7 @@ mod tests {
         quantize: fn(&[f32], &mut [W]),
         dequantize: fn(&[W], &mut [f32]),
         dot: fn(&Kernels) -> VecDotFn<W, BlockQ8K>,
+        tiled: fn(&[W], &[BlockQ8K]) -> f32,
         matmul: MatmulFn<W>,
     ) {
         // The AVX2 row dot (the first non-scalar table), whose bits the tile kernels reproduce.
@@ -813,7 +894,17 @@ mod tests {
                                 .map(|(p, q)| (p * q).abs())
                                 .sum();
                             let got = out[t * rows + r];
-                            if v != Variant::Rows {
+                            #[cfg(target_arch = "x86_64")]
+                            if v == Variant::Avx512 {
+                                // The float steps of llama.cpp's K-quant matmul for batches.
+                                assert_eq!(
+                                    got.to_bits(),
+                                    tiled(wr, at).to_bits(),
+                                    "{v:?} bpr {bpr} rows {rows} n_tok {n_tok} t {t} r {r}"
+                                );
+                            }
+                            #[cfg(target_arch = "x86_64")]
+                            if v == Variant::Avx2 {
                                 // Same integer lanes and float order as the AVX2 row dot.
                                 let simd = simd_table.expect("tile kernels imply the AVX2 table");
                                 assert_eq!(
@@ -844,12 +935,118 @@ mod tests {
         }
     }
 
+    /// Scale and min of sub-block `j` of a Q4_K/Q5_K block (6-bit fields packed in 12 bytes).
+    fn scale_min(s: &[u8; 12], j: usize) -> (i32, i32) {
+        if j < 4 {
+            (i32::from(s[j] & 63), i32::from(s[j + 4] & 63))
+        } else {
+            (
+                i32::from((s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4)),
+                i32::from((s[j + 4] >> 4) | ((s[j] >> 6) << 4)),
+            )
+        }
+    }
+
+    /// llama.cpp's tiled K-quant float steps (`tiled-kernel.cpp`, VNNI band pass): per
+    /// super-block, the exact integer sums `sdot = Σ scale·level·y` and `smin = Σ min·bsum`
+    /// become `r = fma(-dmin, smin, f32(sdot)·d)` and the row sum `acc = fma(r, d_y, acc)`.
+    fn tiled_k4(levels: &[[i32; QK_K]], w: &[(f32, f32, [u8; 12])], a: &[BlockQ8K]) -> f32 {
+        let mut acc = 0.0f32;
+        for ((q, (d, dmin, sc)), y) in levels.iter().zip(w).zip(a) {
+            let (mut sdot, mut smin) = (0i32, 0i32);
+            for j in 0..8 {
+                let (s, m) = scale_min(sc, j);
+                let raw: i32 = (32 * j..32 * j + 32)
+                    .map(|e| q[e] * i32::from(y.qs[e]))
+                    .sum();
+                sdot += s * raw;
+                smin += m * (i32::from(y.bsums[2 * j]) + i32::from(y.bsums[2 * j + 1]));
+            }
+            let r = (-dmin).mul_add(smin as f32, sdot as f32 * d);
+            acc = r.mul_add(y.d, acc);
+        }
+        acc
+    }
+
+    /// llama.cpp's repacked Q4_K GEMM float steps (`ggml_gemm_q4_K_8x8_q8_K`): per 64-weight
+    /// quarter, `acc = fma(f32(Σ scale·level·y), d·d_y, acc)` and
+    /// `accm = fma(f32(Σ min·bsum), dmin·d_y, accm)`; the result is `acc − accm`.
+    fn repack_q4k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+        let (mut acc, mut accm) = (0.0f32, 0.0f32);
+        for (b, y) in w.iter().zip(a) {
+            let level = |e: usize| {
+                let byte = b.qs[32 * (e / 64) + e % 32];
+                i32::from(if e % 64 < 32 { byte & 0xf } else { byte >> 4 })
+            };
+            let dd = b.d.to_f32() * y.d;
+            let dm = b.dmin.to_f32() * y.d;
+            for m in 0..4 {
+                let (mut codes, mut mins) = (0i32, 0i32);
+                for j in [2 * m, 2 * m + 1] {
+                    let (s, mn) = scale_min(&b.scales, j);
+                    let raw: i32 = (32 * j..32 * j + 32)
+                        .map(|e| level(e) * i32::from(y.qs[e]))
+                        .sum();
+                    codes += s * raw;
+                    mins += mn * (i32::from(y.bsums[2 * j]) + i32::from(y.bsums[2 * j + 1]));
+                }
+                acc = (codes as f32).mul_add(dd, acc);
+                accm = (mins as f32).mul_add(dm, accm);
+            }
+        }
+        acc - accm
+    }
+
+    fn tiled_q5k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+        let levels: Vec<[i32; QK_K]> = w
+            .iter()
+            .map(|b| {
+                std::array::from_fn(|e| {
+                    let byte = b.qs[32 * (e / 64) + e % 32];
+                    let lo = if e % 64 < 32 { byte & 0xf } else { byte >> 4 };
+                    let hi = (b.qh[e % 32] >> (e / 32)) & 1;
+                    i32::from(lo | (hi << 4))
+                })
+            })
+            .collect();
+        let p: Vec<_> = w
+            .iter()
+            .map(|b| (b.d.to_f32(), b.dmin.to_f32(), b.scales))
+            .collect();
+        tiled_k4(&levels, &p, a)
+    }
+
+    /// As [`tiled_k4`] for Q6_K: `sdot = Σ scale·(level·y − 32·bsum)` per 16 weights, no
+    /// min term: `acc = fma(f32(sdot)·d, d_y, acc)`.
+    fn tiled_q6k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+        let mut acc = 0.0f32;
+        for (b, y) in w.iter().zip(a) {
+            let level = |e: usize| {
+                let (h, k, l) = (e / 128, (e % 128) / 32, e % 32);
+                let ql = b.ql[64 * h + 32 * (k % 2) + l];
+                let lo = if k < 2 { ql & 0xf } else { ql >> 4 };
+                let hi = (b.qh[32 * h + l] >> (2 * k)) & 3;
+                i32::from(lo | (hi << 4))
+            };
+            let mut sdot = 0i32;
+            for j in 0..16 {
+                let raw: i32 = (16 * j..16 * j + 16)
+                    .map(|e| level(e) * i32::from(y.qs[e]))
+                    .sum();
+                sdot += i32::from(b.scales[j]) * (raw - 32 * i32::from(y.bsums[j]));
+            }
+            acc = (sdot as f32 * b.d.to_f32()).mul_add(y.d, acc);
+        }
+        acc
+    }
+
     #[test]
     fn q4k_matches_row_dots() {
         check(
             q4_k::quantize_row_q4_k_ref,
             q4_k::dequantize_row_q4_k,
             |k| k.vec_dot_q4_k_q8_k,
+            repack_q4k,
             matmul_q4k_with,
         );
     }
@@ -860,6 +1057,7 @@ mod tests {
             q5_k::quantize_row_q5_k_ref,
             q5_k::dequantize_row_q5_k,
             |k| k.vec_dot_q5_k_q8_k,
+            tiled_q5k,
             matmul_q5k_with,
         );
     }
@@ -870,6 +1068,7 @@ mod tests {
             q6_k::quantize_row_q6_k_ref,
             q6_k::dequantize_row_q6_k,
             |k| k.vec_dot_q6_k_q8_k,
+            tiled_q6k,
             matmul_q6k_with,
         );
     }
