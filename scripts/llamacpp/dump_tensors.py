@@ -4,10 +4,12 @@ forward pass with llama.cpp's op by op.
 Run (from the repository root):
     export LLAMA_CPP_LIB_PATH=/work/cache/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin
     python3 scripts/llamacpp/dump_tensors.py MODEL.gguf OUT_DIR [--tokens 64] [--threads 2]
-        [--text fixtures/cache/text/licenses.txt] [--no-fa] [--no-repack]
+        [--text fixtures/cache/text/licenses.txt] [--ids IDS.json] [--no-fa] [--no-repack]
 
 It tokenizes the start of the text with the model's own BOS rule (SmolLM2 adds none), keeps the first
-`--tokens` ids, evaluates them as one batch (n_ctx = n_batch = n_ubatch = 512, F16 K/V, flash attention
+`--tokens` ids (or takes the ids of `--ids`, a JSON list, as they are: for prompts with special
+tokens, e.g. the chat-template case of smollm2_logits.json, or to pad a prompt to another batch
+size), evaluates them as one batch (n_ctx = n_batch = n_ubatch = 512, F16 K/V, flash attention
 on unless --no-fa, as llama-perplexity runs) with a `cb_eval` callback, and writes:
     OUT_DIR/tokens.json            the token ids
     OUT_DIR/NNN_<name>.npy         every graph node llama.cpp computes, in evaluation order, as float32
@@ -57,6 +59,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--text", default="fixtures/cache/text/licenses.txt")
+    ap.add_argument("--ids", help="JSON list of token ids to evaluate instead of tokenizing --text")
     ap.add_argument("--no-fa", action="store_true")
     ap.add_argument("--no-repack", action="store_true", help="as llama-perplexity --no-repack")
     args = ap.parse_args()
@@ -73,11 +76,14 @@ def main():
     mp.use_extra_bufts = not args.no_repack
     model = lc.llama_model_load_from_file(args.model.encode(), mp)
     vocab = lc.llama_model_get_vocab(model)
-    text = open(args.text, "rb").read()[: args.tokens * 16]
-    buf = (lc.llama_token * (len(text) + 8))()
-    n = lc.llama_tokenize(vocab, text, len(text), buf, len(buf), True, False)
-    assert n >= args.tokens, n
-    ids = [buf[i] for i in range(args.tokens)]
+    if args.ids:
+        ids = [int(t) for t in json.loads(Path(args.ids).read_text())]
+    else:
+        text = open(args.text, "rb").read()[: args.tokens * 16]
+        buf = (lc.llama_token * (len(text) + 8))()
+        n = lc.llama_tokenize(vocab, text, len(text), buf, len(buf), True, False)
+        assert n >= args.tokens, n
+        ids = [buf[i] for i in range(args.tokens)]
     (out / "tokens.json").write_text(json.dumps(ids) + "\n")
 
     index = []

@@ -20,7 +20,13 @@
 //! llama.cpp's own `ggml_vec_dot_q6_K_q8_K`, used there only below 8 tokens) rounds differently
 //! in about 2/3 of the outputs. Q4_K, which llama.cpp repacks by default, follows the float
 //! steps of its repacked q4_K_8x8 GEMM instead (a code sum and a min sum per 64-weight quarter,
-//! each fused into its own running sum, subtracted at the end). The AVX2 tile kernels and the
+//! each fused into its own running sum, subtracted at the end). Not followed on purpose: llama.cpp
+//! gives the last `n % 4` tokens of an `n`-token batch to its repacked GEMV, which folds the
+//! integer sums into the running sums once per 256-weight super-block instead of once per 64
+//! weights, so its result for such a token depends on the batch size (e.g. token 84 of an
+//! 85-token batch differs from token 84 of an 88-token batch in ~80 % of a Q4_K row's outputs;
+//! scripts/llamacpp/q4k_gemv_tail.py redoes both recipes bit for bit). We keep the GEMM's steps
+//! for every token, so we equal llama.cpp on all tokens but that tail. The AVX2 tile kernels and the
 //! row-by-row fallback keep the row dot's eight-lane arithmetic, so AVX2-only hosts agree with
 //! llama.cpp to within the activation-rounding noise rather than bit for bit.
 //!
