@@ -1,21 +1,21 @@
 //! The forward pass against llama.cpp on the real SmolLM2 fixture, for the prompts in
-//! tests/data/llamacpp/smollm2_logits.json (made by scripts/llamacpp/smollm2_logits.py).
+//! tests/data/llamacpp/smollm2_logits.json (made by scripts/llamacpp/smollm2_logits.py with
+//! llama-cpp-python: flash attention on, F16 K/V, the whole prompt in one batch).
 //!
-//! - F32 (the Q4_1 fixture dequantized; llama.cpp ran the same dequantization made by
-//!   `llama-quantize ... F32`): last-position logits agree to 1e-3 relative
-//!   (max |ours − theirs| / max |theirs|) and the argmax agrees at every position.
-//! - Q4_1 as shipped, and Q8_0 and Q4_K_M made by our converter from the F32 file (the oracle
-//!   recorded each file's sha256; the test remakes the files and checks it): activations are
-//!   quantized to Q8_0/Q8_1/Q8_K before every product, which makes a logit's last bits chaotic —
-//!   a 1-ulp change before a rounding step moves an activation by a whole quantization step.
-//!   llama.cpp itself moves by 2e-2 to 9e-2 relative between its flash-attention and plain
-//!   attention paths on these cases (tests/data/llamacpp/smollm2_selfdiff.json; F32: 2.5e-4 to
-//!   1.2e-3), so the 1e-3 cannot be met by any implementation that is not bit-identical
-//!   to one of llama.cpp's paths. The test bounds our difference by 1.5 × llama.cpp's own and
-//!   requires the same argmax wherever llama.cpp's top-1/top-2 margin exceeds 1.5 logits.
-//!   Measured (2026-11-28): Q8_0 5.1e-2 / 2.2e-2 (llama.cpp's own 7.1e-2 / 2.7e-2), Q4_K_M
-//!   6.6e-2 / 2.6e-2 (own 6.5e-2 / 3.2e-2). Perplexity over 24 chunks, where the noise averages
-//!   out, agrees within 0.1 % (tests/forward_perplexity.rs).
+//! Models: F32 (the Q4_1 fixture dequantized; llama.cpp ran the same dequantization made by
+//! `llama-quantize ... F32`), the Q4_1 fixture as shipped, and Q8_0 and Q4_K_M made by our
+//! converter from the F32 file (the oracle recorded each file's sha256; the test remakes the files
+//! and checks it). Compared: the last position's logits (relative difference
+//! max |ours − theirs| / max |theirs|) and the argmax at every position.
+//!
+//! On hosts with llama.cpp's arithmetic (AVX-512 VNNI, where the oracles were made; see
+//! tests/forward_perplexity.rs) the logits must be bit-identical (measured: 0 in 7 of 8 cases).
+//! The exception is explained at [`quantized_match`]: llama.cpp's Q4_K result for the leftover
+//! tokens of a batch whose length is not a multiple of 4 depends on the batch size (the 85-token
+//! Q4_K_M case: 1.7e-2). Elsewhere activations are rounded to 8 bits before every product, which
+//! makes a logit's last bits chaotic; llama.cpp itself moves by 2e-2 to 9e-2 relative between its
+//! flash-attention and plain attention paths on these cases (tests/data/llamacpp/smollm2_selfdiff.json;
+//! F32: 2.5e-4 to 1.2e-3), so there the bound is 1.5 × that self-difference (1e-3 for F32).
 //!
 //! Needs `fixtures/fetch.sh`; without the fixture the test skips with a note, or fails when CI=true.
 use longquant::formats::gguf::GgufFile;
@@ -37,7 +37,10 @@ fn argmax(v: &[f32]) -> usize {
 
 /// Runs every case of `tag` and returns (each case's relative difference, positions whose argmax
 /// differs although llama.cpp's margin exceeds `margin_gate`).
-fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (Vec<f32>, Vec<String>) {
+/// Per case of `tag`: our last-position relative difference to llama.cpp and the prompt length;
+/// plus the positions whose argmax differs where llama.cpp's top-1/top-2 margin exceeds
+/// `margin_gate`.
+fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (Vec<(f32, usize)>, Vec<String>) {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("smollm2_logits.json")).unwrap())
@@ -97,7 +100,7 @@ fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (Vec<f32>, Vec<Str
             "{tag}, {} tokens: max|Δ| {max_diff:.3e}, max|logit| {max_abs:.2}, relative {rel:.3e}",
             ids.len()
         );
-        rels.push(rel);
+        rels.push((rel, ids.len()));
         for (pos, ((g, w), m)) in got_argmax
             .iter()
             .zip(&want_argmax)
@@ -124,10 +127,16 @@ fn smollm2_f32_logits_match_llamacpp() {
     let f32s = DequantizedTensors::from_gguf(&file).unwrap();
     let model = Model::load_dequantized(&file, &f32s).unwrap();
     let (rels, bad) = compare(&model, "f32", -1.0);
-    let worst = rels.iter().fold(0.0f32, |m, &r| m.max(r));
+    let worst = rels.iter().fold(0.0f32, |m, &(r, _)| m.max(r));
+    // Bit-identical where the arithmetic is llama.cpp's; the 1e-3 elsewhere.
+    let tol = if common::oracle_arithmetic_host() {
+        0.0
+    } else {
+        1e-3
+    };
     assert!(
-        worst <= 1e-3,
-        "relative logit difference {worst:.3e} > 1e-3"
+        worst <= tol,
+        "relative logit difference {worst:.3e} > {tol:.0e}"
     );
     assert!(bad.is_empty(), "argmax differs:\n{}", bad.join("\n"));
 }
@@ -139,7 +148,7 @@ fn smollm2_q4_1_logits_close_to_llamacpp() {
     };
     let file = GgufFile::open(&gguf).unwrap();
     let model = Model::load(&file).unwrap();
-    within_llamacpp_self_difference(&model, "q4_1");
+    quantized_match(&model, "q4_1", false);
 }
 
 /// llama.cpp's own last-position difference between flash attention on and off, per case of
@@ -157,22 +166,43 @@ fn self_difference(tag: &str) -> Vec<f32> {
         .collect()
 }
 
-/// The check for models with quantized activations, whose logits are chaotic in their last bits
-/// (see the module comment): for every case, our relative difference to llama.cpp is at most
-/// 1.5 × llama.cpp's difference to itself between its two attention paths (and never above
-/// 1e-1), and the argmax agrees at every position where llama.cpp's top-1/top-2 margin exceeds
-/// 1.5 logits (its own flips between the two paths all sit below that margin).
-fn within_llamacpp_self_difference(model: &Model<'_>, tag: &str) {
-    let (rels, bad) = compare(model, tag, 1.5);
+/// The check for models with quantized activations.
+///
+/// Where the arithmetic is llama.cpp's (`common::oracle_arithmetic_host`), every case must be
+/// bit-identical (relative difference 0, same argmax everywhere) — except, for a model with Q4_K
+/// weights (`q4k`), a prompt whose length is not a multiple of 4: llama.cpp's repacked Q4_K
+/// matmul sends those n % 4 leftover tokens through its GEMV, which sums in f32 once per 256
+/// weights instead of the GEMM's once per 64, so llama.cpp's result for the last token depends on
+/// the batch size (scripts/llamacpp/q4k_gemv_tail.py reproduces both recipes; padded to 88 tokens,
+/// llama.cpp's first 85 rows equal ours bit for bit). We follow the GEMM for every token, as a
+/// token's result must not depend on its batch (tests/forward_session.rs). Those cases, and every
+/// case on other hosts, fall back to the noise bound: at most 1.5 × llama.cpp's own difference
+/// between its two attention paths (never above 1e-1), with the argmax agreeing wherever
+/// llama.cpp's top-1/top-2 margin exceeds 1.5 logits.
+fn quantized_match(model: &Model<'_>, tag: &str, q4k: bool) {
+    let exact_host = common::oracle_arithmetic_host();
+    let (rels, _) = compare(model, tag, 1.5);
     let selfd = self_difference(tag);
     assert_eq!(rels.len(), selfd.len());
-    for (i, (r, s)) in rels.iter().zip(&selfd).enumerate() {
-        eprintln!("{tag} case {i}: ours vs llama.cpp {r:.3e}, llama.cpp FA on vs off {s:.3e}");
-        assert!(
-            *r <= (1.5 * s).clamp(1e-3, 1e-1),
-            "{tag} case {i}: relative difference {r:.3e} exceeds 1.5 × llama.cpp's own {s:.3e}"
+    let mut all_exact = true;
+    for (i, (&(r, n), s)) in rels.iter().zip(&selfd).enumerate() {
+        let exact = exact_host && !(q4k && n % 4 != 0);
+        all_exact &= exact;
+        eprintln!(
+            "{tag} case {i} ({n} tokens): ours vs llama.cpp {r:.3e}, llama.cpp FA on vs off {s:.3e}{}",
+            if exact { " (must be 0)" } else { "" }
         );
+        if exact {
+            assert_eq!(r, 0.0, "{tag} case {i}: logits not bit-identical ({r:.3e})");
+        } else {
+            assert!(
+                r <= (1.5 * s).clamp(1e-3, 1e-1),
+                "{tag} case {i}: relative difference {r:.3e} exceeds 1.5 × llama.cpp's own {s:.3e}"
+            );
+        }
     }
+    // The argmax: at every position when every case is exact, else above the margin gate.
+    let (_, bad) = compare(model, tag, if all_exact { -1.0 } else { 1.5 });
     assert!(bad.is_empty(), "argmax differs:\n{}", bad.join("\n"));
 }
 
@@ -209,7 +239,7 @@ fn smollm2_converted_q8_0_logits_match_llamacpp() {
     };
     let file = GgufFile::open(&path).unwrap();
     let model = Model::load(&file).unwrap();
-    within_llamacpp_self_difference(&model, "q8_0");
+    quantized_match(&model, "q8_0", false);
 }
 
 #[test]
@@ -219,5 +249,5 @@ fn smollm2_converted_q4_k_m_logits_match_llamacpp() {
     };
     let file = GgufFile::open(&path).unwrap();
     let model = Model::load(&file).unwrap();
-    within_llamacpp_self_difference(&model, "q4_k_m");
+    quantized_match(&model, "q4_k_m", true);
 }
