@@ -513,8 +513,8 @@ mod x512 {
         (wd, wdmin): (f32, f32),
         a: &[BlockQ8K],
         (nb, b): (usize, usize),
-        acc: &mut [f32; N],
-        accm: &mut [f32; N],
+        acc: &mut [__m128; N],
+        accm: &mut [__m128; N],
     ) {
         // SAFETY: register work plus loads inside the blocks' fixed arrays; AVX-512 (caller).
         unsafe {
@@ -522,6 +522,12 @@ mod x512 {
             let s: [__m512i; 4] =
                 std::array::from_fn(|m| _mm512_permutexvar_epi16(c.sc_ix[m], sm512));
             let mins = _mm256_extracti128_si256::<1>(sm);
+            // Per token: the four quarters' code sums and min sums (exact integers, as f32) and
+            // the two factors.
+            let mut codes = [_mm_setzero_ps(); N];
+            let mut mins_q = [_mm_setzero_ps(); N];
+            let mut dd = [0.0f32; N];
+            let mut dm = [0.0f32; N];
             for t in 0..N {
                 let ab = &a[t * nb + b];
                 let p: [__m512i; 4] = std::array::from_fn(|m| {
@@ -534,20 +540,46 @@ mod x512 {
                     _mm256_extracti128_si256::<1>(bs),
                 );
                 // Quarter m: min_2m·(bsum of weights 64m..64m+32) + min_2m+1·(the next 32).
-                let mut codes = [0.0f32; 4];
-                let mut mins_q = [0.0f32; 4];
-                _mm_storeu_ps(codes.as_mut_ptr(), _mm_cvtepi32_ps(hsum4_epi32(&p)));
-                _mm_storeu_ps(
-                    mins_q.as_mut_ptr(),
-                    _mm_cvtepi32_ps(_mm_madd_epi16(mins, q8s)),
-                );
-                let (dd, dm) = (wd * ab.d, wdmin * ab.d);
+                codes[t] = _mm_cvtepi32_ps(hsum4_epi32(&p));
+                mins_q[t] = _mm_cvtepi32_ps(_mm_madd_epi16(mins, q8s));
+                dd[t] = wd * ab.d;
+                dm[t] = wdmin * ab.d;
+            }
+            // Quarter after quarter, each token's running sums take one fused multiply-add
+            // (lane t of a group of four is token t: a lane-wise FMA rounds exactly as the
+            // scalar one, so a token's bits do not depend on N or on its place in the group).
+            for g in 0..N.div_ceil(4) {
+                let n = (N - 4 * g).min(4);
+                let (mut cq, mut mq) = ([_mm_setzero_ps(); 4], [_mm_setzero_ps(); 4]);
+                cq[..n].copy_from_slice(&codes[4 * g..4 * g + n]);
+                mq[..n].copy_from_slice(&mins_q[4 * g..4 * g + n]);
+                transpose4(&mut cq);
+                transpose4(&mut mq);
+                let mut f = [0.0f32; 4];
+                let mut fm = [0.0f32; 4];
+                f[..n].copy_from_slice(&dd[4 * g..4 * g + n]);
+                fm[..n].copy_from_slice(&dm[4 * g..4 * g + n]);
+                let (f, fm) = (_mm_loadu_ps(f.as_ptr()), _mm_loadu_ps(fm.as_ptr()));
                 for m in 0..4 {
-                    acc[t] = codes[m].mul_add(dd, acc[t]);
-                    accm[t] = mins_q[m].mul_add(dm, accm[t]);
+                    acc[g] = _mm_fmadd_ps(cq[m], f, acc[g]);
+                    accm[g] = _mm_fmadd_ps(mq[m], fm, accm[g]);
                 }
             }
         }
+    }
+
+    /// Transposes a 4 × 4 block of f32 held as four rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn transpose4(r: &mut [__m128; 4]) {
+        let t0 = _mm_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm_unpacklo_ps(r[2], r[3]);
+        let t2 = _mm_unpackhi_ps(r[0], r[1]);
+        let t3 = _mm_unpackhi_ps(r[2], r[3]);
+        r[0] = _mm_movelh_ps(t0, t1);
+        r[1] = _mm_movehl_ps(t1, t0);
+        r[2] = _mm_movelh_ps(t2, t3);
+        r[3] = _mm_movehl_ps(t3, t2);
     }
 
     /// The totals of four vectors of 16 i32 lanes, as one vector `[Σp0, Σp1, Σp2, Σp3]`.
@@ -597,8 +629,9 @@ mod x512 {
         unsafe {
             let c = k4_consts();
             let m4 = _mm512_set1_epi8(0x0f);
-            let mut acc = [0.0f32; N];
-            let mut accm = [0.0f32; N];
+            // Group g (tokens 4g..4g+4) in acc[g]; N slots cover the N.div_ceil(4) groups.
+            let mut acc = [_mm_setzero_ps(); N];
+            let mut accm = [_mm_setzero_ps(); N];
             for (b, wb) in w.iter().enumerate() {
                 let sm = scales_mins_k4(&wb.scales);
                 // Bytes 32c..32c+32 hold weights 64c+l (low nibble) and 64c+32+l (high): the
@@ -614,7 +647,13 @@ mod x512 {
                 let d = (f16_bits(wb.d.to_bits()), f16_bits(wb.dmin.to_bits()));
                 q4k_tokens::<N>(&c, &v, sm, d, a, (nb, b), &mut acc, &mut accm);
             }
-            std::array::from_fn(|t| acc[t] - accm[t])
+            let mut out = [0.0f32; N];
+            for (g, o) in out.chunks_mut(4).enumerate() {
+                let mut r = [0.0f32; 4];
+                _mm_storeu_ps(r.as_mut_ptr(), _mm_sub_ps(acc[g], accm[g]));
+                o.copy_from_slice(&r[..o.len()]);
+            }
+            out
         }
     }
 
