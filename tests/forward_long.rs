@@ -35,6 +35,22 @@ fn reset_peak_rss() {
     std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM via /proc/self/clear_refs");
 }
 
+/// llama.cpp's PPL for one 8192-token chunk of `tag`'s file, after checking that `path` holds the
+/// bytes llama.cpp ran (the oracle records their sha256).
+fn oracle_ppl(tag: &str, path: &Path) -> f64 {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "tests/data/llamacpp/smollm2_ppl_{tag}_ctx8192_c1.json"
+    ));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    assert_eq!(
+        common::sha256_file(path),
+        doc["model_sha256"].as_str().unwrap(),
+        "{tag}: not the file llama.cpp ran"
+    );
+    doc["ppl"].as_f64().unwrap()
+}
+
 #[test]
 fn smollm2_q8_0_ctx8192_matches_llama_perplexity_in_bounded_memory() {
     let Some(text) = fixture("text/licenses.txt") else {
@@ -46,20 +62,7 @@ fn smollm2_q8_0_ctx8192_matches_llama_perplexity_in_bounded_memory() {
         return;
     };
     let path = &files[1];
-    let doc: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data/llamacpp/smollm2_ppl_q8_0_ctx8192_c1.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        common::sha256_file(path),
-        doc["model_sha256"].as_str().unwrap(),
-        "not the file llama.cpp ran"
-    );
-    let want = doc["ppl"].as_f64().unwrap();
+    let want = oracle_ppl("q8_0", path);
 
     let file = GgufFile::open(path).unwrap();
     let tok = GgufTokenizer::from_gguf(&file).unwrap();
@@ -108,20 +111,7 @@ fn smollm2_q8_0_ctx8192_matches_llama_perplexity_in_bounded_memory() {
 /// The Q4_K_M file at ctx 8192, run after the Q8_0 evaluation inside the same test (a second
 /// `#[test]` would run concurrently and spoil the peak-memory reading).
 fn q4_k_m_ctx8192_matches_llama_perplexity(text: &str, path: &Path) {
-    let doc: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data/llamacpp/smollm2_ppl_q4_k_m_ctx8192_c1.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        common::sha256_file(path),
-        doc["model_sha256"].as_str().unwrap(),
-        "not the file llama.cpp ran"
-    );
-    let want = doc["ppl"].as_f64().unwrap();
+    let want = oracle_ppl("q4_k_m", path);
     let file = GgufFile::open(path).unwrap();
     let tok = GgufTokenizer::from_gguf(&file).unwrap();
     let model = Model::load(&file).unwrap();
