@@ -411,24 +411,8 @@ mod x512 {
         _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
     }
 
-    /// Q4_K/Q5_K scales and mins as 16 i16 lanes (scales in 0..8, mins in 8..16), the
-    /// word-parallel form of ggml's `get_scale_min_k4`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-    #[inline]
-    unsafe fn scales_mins_k4(s: &[u8; 12]) -> __m256i {
-        let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-        let (w0, w1, w2) = (w(0), w(1), w(2));
-        // Scales 0..4: low 6 bits of bytes 0..4; scales 4..8: low nibbles of bytes 8..12 with
-        // the top two bits of bytes 0..4 above them. Mins likewise from bytes 4..8 and the high
-        // nibbles of bytes 8..12.
-        let sc_lo = w0 & 0x3f3f_3f3f;
-        let sc_hi = (w2 & 0x0f0f_0f0f) | (((w0 >> 6) & 0x0303_0303) << 4);
-        let mn_lo = w1 & 0x3f3f_3f3f;
-        let mn_hi = ((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4);
-        let sc = u64::from(sc_lo) | (u64::from(sc_hi) << 32);
-        let mn = u64::from(mn_lo) | (u64::from(mn_hi) << 32);
-        _mm256_cvtepu8_epi16(_mm_set_epi64x(mn as i64, sc as i64))
-    }
+    // Q4_K/Q5_K scales (i16 lanes 0..8) and mins (8..16): the AVX2 module's unpacking.
+    use super::x256::scales_mins_k4;
 
     /// Constants shared by the Q4_K and Q5_K kernels: per 64-weight chunk `m`, the i16 index
     /// vector that spreads scale `2m` over lanes 0..16 and `2m + 1` over 16..32.

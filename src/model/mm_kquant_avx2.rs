@@ -103,7 +103,7 @@ unsafe fn ctrl(c: &[u8; 32]) -> __m256i {
 /// `get_scale_min_k4` (the same unpacking as the row dot's).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn scales_mins_k4(s: &[u8; 12]) -> __m256i {
+pub(super) unsafe fn scales_mins_k4(s: &[u8; 12]) -> __m256i {
     let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
     let (w0, w1, w2) = (w(0), w(1), w(2));
     // Scales 0..4: low 6 bits of bytes 0..4; scales 4..8: low nibbles of bytes 8..12 with the
