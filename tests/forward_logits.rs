@@ -20,7 +20,7 @@
 //! Needs `fixtures/fetch.sh`; without the fixture the test skips with a note, or fails when CI=true.
 use longquant::formats::gguf::GgufFile;
 use longquant::model::{DequantizedTensors, EvalOptions, Model};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod common;
 use common::fixture;
@@ -41,10 +41,7 @@ fn argmax(v: &[f32]) -> usize {
 /// plus the positions whose argmax differs where llama.cpp's top-1/top-2 margin exceeds
 /// `margin_gate`.
 fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (Vec<(f32, usize)>, Vec<String>) {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("smollm2_logits.json")).unwrap())
-            .unwrap();
+    let doc = common::oracle_json("smollm2_logits.json");
     let cases: Vec<&serde_json::Value> = doc["cases"]
         .as_array()
         .unwrap()
@@ -73,7 +70,8 @@ fn compare(model: &Model<'_>, tag: &str, margin_gate: f32) -> (Vec<(f32, usize)>
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        let raw = std::fs::read(data.join(c["last_logits_file"].as_str().unwrap())).unwrap();
+        let raw =
+            std::fs::read(common::oracle_path(c["last_logits_file"].as_str().unwrap())).unwrap();
         let want_last: Vec<f32> = raw
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -154,9 +152,7 @@ fn smollm2_q4_1_logits_close_to_llamacpp() {
 /// llama.cpp's own last-position difference between flash attention on and off, per case of
 /// `tag` (tests/data/llamacpp/smollm2_selfdiff.json, scripts/llamacpp/smollm2_selfdiff.py).
 fn self_difference(tag: &str) -> Vec<f32> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp/smollm2_selfdiff.json");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let doc = common::oracle_json("smollm2_selfdiff.json");
     doc["cases"]
         .as_array()
         .unwrap()
@@ -212,10 +208,7 @@ fn converted_case(tag: &str, idx: usize) -> Option<(tempfile::TempDir, PathBuf)>
     let dir = tempfile::tempdir().unwrap();
     let files = common::smol_converted(dir.path())?;
     let path = files[idx].clone();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/llamacpp");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("smollm2_logits.json")).unwrap())
-            .unwrap();
+    let doc = common::oracle_json("smollm2_logits.json");
     let want = doc["cases"]
         .as_array()
         .unwrap()

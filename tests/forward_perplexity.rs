@@ -29,13 +29,6 @@ use std::path::Path;
 mod common;
 use common::fixture;
 
-fn oracle(name: &str) -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/llamacpp")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
 fn opts(n_ctx: usize, chunks: usize) -> PerplexityOptions {
     PerplexityOptions {
         n_ctx,
@@ -60,15 +53,9 @@ fn run(model: &Model<'_>, tok: &GgufTokenizer, text: &str, n_ctx: usize, chunks:
 
 /// Our PPL for `model` at ctx 512 over 24 chunks against the oracle `name` (checking, when the
 /// oracle recorded one, that `file` is the file llama.cpp ran).
-fn check_24(
-    model: &Model<'_>,
-    tok: &GgufTokenizer,
-    text: &str,
-    name: &str,
-    file: Option<&Path>,
-    tol: f64,
-) {
-    let doc = oracle(name);
+fn check_24(model: &Model<'_>, tok: &GgufTokenizer, text: &str, name: &str, file: Option<&Path>) {
+    let doc = common::oracle_json(name);
+    let tol = common::ppl_tolerance(name);
     if let Some(f) = file {
         let sha = doc["model_sha256"].as_str().unwrap();
         assert_eq!(
@@ -80,10 +67,13 @@ fn check_24(
     let want = doc["ppl"].as_f64().unwrap();
     let got = run(model, tok, text, 512, 24);
     let rel = (got - want).abs() / want;
-    eprintln!("{name}: ours {got:.4}, llama.cpp {want:.4}, relative {rel:.2e}");
+    eprintln!(
+        "{name} ({} oracles): ours {got:.4}, llama.cpp {want:.4}, relative {rel:.2e}, bound {tol:.2e}",
+        common::oracle_class().dir
+    );
     assert!(
         rel <= tol,
-        "{name}: PPL {got:.4} vs llama.cpp {want:.4}: relative {rel:.2e} > {tol:.0e}"
+        "{name}: PPL {got:.4} vs llama.cpp {want:.4}: relative {rel:.2e} > {tol:.2e}"
     );
 }
 
@@ -97,16 +87,12 @@ fn smollm2_converted_f32_q8_0_q4_k_m_ppl_ctx512_match_llama_perplexity() {
     let Some(files) = common::smol_converted(dir.path()) else {
         return;
     };
-    for (path, (tag, tol)) in files
-        .iter()
-        .zip([("f32", 1e-3), ("q8_0", 2e-3), ("q4_k_m", 2e-3)])
-        .map(|(p, (tag, tol))| (p, (tag, common::ppl_tolerance(tol))))
-    {
+    for (path, tag) in files.iter().zip(["f32", "q8_0", "q4_k_m"]) {
         let file = GgufFile::open(path).unwrap();
         let tok = GgufTokenizer::from_gguf(&file).unwrap();
         let model = Model::load(&file).unwrap();
         let name = format!("smollm2_ppl_{tag}_ctx512_c24.json");
-        check_24(&model, &tok, &text, &name, Some(path), tol);
+        check_24(&model, &tok, &text, &name, Some(path));
     }
 }
 
@@ -128,7 +114,6 @@ fn smollm2_q4_1_ppl_ctx512_matches_llama_perplexity() {
         &text,
         "smollm2_ppl_ctx512_c24.json",
         Some(&gguf),
-        common::ppl_tolerance(2e-3),
     );
 }
 

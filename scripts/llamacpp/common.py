@@ -7,7 +7,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_LIB = "/work/cache/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin"
 SMOL = ROOT / "fixtures/cache/SmolLM2-135M-Instruct.Q4_1.gguf"
-OUT = ROOT / "tests/data/llamacpp"
+# Oracles that depend on the build's arithmetic class live in tests/data/llamacpp/<class>/
+# (avx512: GGML_NATIVE=ON on an AVX-512 VNNI host; avx2: the AVX2-only build, see the README there).
+OUT = ROOT / "tests/data/llamacpp" / os.environ.get("LONGQUANT_ORACLE_CLASS", "avx512")
 
 
 def llama_cpp():

@@ -4,7 +4,9 @@
 # Writes tests/data/llamacpp/smollm2_ppl[_TAG]_ctx${CTX}_c${CHUNKS}.json with the command, the final PPL and
 # error, the per-chunk running PPL and llama.cpp's prompt-eval throughput. Defaults: 2 threads, the Q4_1
 # fixture; llama-perplexity from the llama-cpp-python 0.3.36 sdist build, default settings otherwise
-# (F16 KV cache, flash attention auto = on for CPU, batch = ctx).
+# (F16 KV cache, flash attention auto = on for CPU, batch = ctx). Environment: LLAMA_CPP_BIN (the build's
+# bin directory), OUT_DIR (default tests/data/llamacpp/avx512, the class of the default build),
+# EXTRA_ARGS (more llama-perplexity arguments, recorded in the command, e.g. "-fa off").
 # Models made by our converter (tests/forward_perplexity.rs makes the same bytes and checks the
 # recorded sha256): longquant quantize --type F32 --allow-requantize FIXTURE smol-f32.gguf, then
 # --type Q8_0 / Q4_K_M from smol-f32.gguf; scripts/llamacpp/perplexity.sh 512 24 2 smol-q8_0.gguf q8_0.
@@ -17,12 +19,13 @@ ctx=${1:?ctx}; chunks=${2:?chunks}; threads=${3:-2}
 model=${4:-$root/fixtures/cache/SmolLM2-135M-Instruct.Q4_1.gguf}
 text=$root/fixtures/cache/text/licenses.txt
 tag=${5:+_$5}
-out=$root/tests/data/llamacpp/smollm2_ppl${tag}_ctx${ctx}_c${chunks}.json
-cmd=(llama-perplexity -m "$(basename "$model")" -f fixtures/cache/text/licenses.txt -c "$ctx" -b "$ctx" --chunks "$chunks" -t "$threads")
+out=${OUT_DIR:-$root/tests/data/llamacpp/avx512}/smollm2_ppl${tag}_ctx${ctx}_c${chunks}.json
+read -r -a extra <<<"${EXTRA_ARGS:-}"
+cmd=(llama-perplexity -m "$(basename "$model")" -f fixtures/cache/text/licenses.txt -c "$ctx" -b "$ctx" --chunks "$chunks" -t "$threads" "${extra[@]}")
 log=$(mktemp)
-"$bin/llama-perplexity" -m "$model" -f "$text" -c "$ctx" -b "$ctx" --chunks "$chunks" -t "$threads" >"$log" 2>&1
+"$bin/llama-perplexity" -m "$model" -f "$text" -c "$ctx" -b "$ctx" --chunks "$chunks" -t "$threads" "${extra[@]}" >"$log" 2>&1
 sha=$(sha256sum "$model" | cut -d" " -f1)
-python3 - "$log" "$out" "${cmd[*]}" "$sha" <<'PY'
+python3 - "$log" "$out" "${cmd[*]}" "$sha" "$bin" <<'PY'
 import json, re, sys
 log = open(sys.argv[1]).read()
 final = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", log)
@@ -30,7 +33,7 @@ running = [float(x) for x in re.findall(r"\[\d+\]([0-9.]+),", log)]
 spp = re.search(r"([0-9.]+) seconds per pass", log)
 ctx = int(re.search(r"-c (\d+)", sys.argv[3]).group(1))
 fa = re.search(r"flash_attn\s*=\s*(\S+)", log)
-doc = {"command": sys.argv[3], "llama_cpp": "llama-cpp-python 0.3.36 sdist (vendor/llama.cpp), build/bin",
+doc = {"command": sys.argv[3], "llama_cpp": "llama-cpp-python 0.3.36 sdist (vendor/llama.cpp), " + sys.argv[5].split("vendor/llama.cpp/")[-1],
        "ppl": float(final.group(1)), "ppl_stderr": float(final.group(2)), "running_ppl": running,
        "seconds_per_pass": float(spp.group(1)) if spp else None,
        "tokens_per_second_first_pass": ctx / float(spp.group(1)) if spp else None,

@@ -3,7 +3,7 @@ SmolLM2 fixture, add_special=True (BOS only if the model asks: SmolLM2 does not)
 (as llama-perplexity tokenizes). Usage: python3 scripts/llamacpp/smollm2_tokens.py"""
 import json
 
-from common import OUT, SMOL, llama_cpp
+from common import ROOT, SMOL, llama_cpp
 
 TEXTS = [
     "Hello world",
@@ -30,7 +30,7 @@ def main():
     head = {k: v for k, v in doc.items() if k != "cases"}
     lines = [json.dumps(c, ensure_ascii=False) for c in cases]
     body = json.dumps(head, ensure_ascii=False)[:-1] + ', "cases": [\n' + ",\n".join(lines) + "\n]}\n"
-    (OUT / "smollm2_tokens.json").write_text(body)
+    (ROOT / "tests/data/llamacpp/smollm2_tokens.json").write_text(body)
 
 
 if __name__ == "__main__":

@@ -643,7 +643,7 @@ impl RopeTable {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        let fma = std::arch::is_x86_feature_detected!("fma");
+        let fma = longquant_quants::simd::cpu::features().fma;
         for_chunks(x, n_heads * head_dim, |r, row| {
             let cs = &self.cs[(r0 + r) * half..(r0 + r + 1) * half];
             #[cfg(target_arch = "x86_64")]
@@ -801,16 +801,11 @@ impl AttnKernel {
     fn detect(hd: usize) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            use std::arch::is_x86_feature_detected as has;
-            if hd.is_multiple_of(16)
-                && has!("avx512f")
-                && has!("fma")
-                && has!("f16c")
-                && has!("avx2")
-            {
+            let f = longquant_quants::simd::cpu::features();
+            if hd.is_multiple_of(16) && f.avx512f && f.avx2_fma_f16c() {
                 return AttnKernel::Avx512;
             }
-            if has!("avx2") && has!("fma") {
+            if f.avx2 && f.fma {
                 return AttnKernel::Avx2;
             }
         }
@@ -1102,8 +1097,8 @@ fn swiglu(g: &mut [f32], u: &[f32]) {
 
 #[cfg(target_arch = "x86_64")]
 fn swiglu_avx512_available() -> bool {
-    use std::arch::is_x86_feature_detected as has;
-    has!("avx512f") && has!("avx2") && has!("fma") && has!("f16c")
+    let f = longquant_quants::simd::cpu::features();
+    f.avx512f && f.avx2_fma_f16c()
 }
 
 #[cfg(target_arch = "x86_64")]

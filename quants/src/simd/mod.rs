@@ -35,6 +35,7 @@ use crate::block::q8_k::BlockQ8K;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod cpu;
 pub mod scalar;
 
 /// Environment variable that, when set to `1`, makes [`kernels`] return the scalar table.
