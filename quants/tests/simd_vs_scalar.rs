@@ -166,6 +166,22 @@ fn cases(n: usize, block: usize, seed: u64) -> Vec<(&'static str, Vec<f32>)> {
         }
     }
     out.push(("mixed regimes", mixed));
+    // Signed zeros: which zero a min/max/absmax search keeps decides the sign bits of the
+    // stored f16 scale and min (blocks of ±0 only, and ±0 beside positive or negative values).
+    out.push((
+        "signed zeros",
+        (0..n)
+            .map(|i| {
+                let z = if r.next_u64() & 1 == 0 { 0.0 } else { -0.0 };
+                match (i / block) % 3 {
+                    0 => z,
+                    1 if r.below(4) == 0 => 1.0 + r.unit() as f32,
+                    2 if r.below(4) == 0 => -1.0 - r.unit() as f32,
+                    _ => z,
+                }
+            })
+            .collect(),
+    ));
     out
 }
 
