@@ -22,7 +22,7 @@ cmd=(llama-perplexity -m "$(basename "$model")" -f fixtures/cache/text/licenses.
 log=$(mktemp)
 "$bin/llama-perplexity" -m "$model" -f "$text" -c "$ctx" -b "$ctx" --chunks "$chunks" -t "$threads" >"$log" 2>&1
 sha=$(sha256sum "$model" | cut -d" " -f1)
-python3 - "$log" "$out" "${cmd[*]}" "$sha" <<'PY'
+python3 - "$log" "$out" "${cmd[*]}" "$sha" "$(basename "$(dirname "$bin")")/$(basename "$bin")" <<'PY'
 import json, re, sys
 log = open(sys.argv[1]).read()
 final = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", log)
@@ -30,7 +30,7 @@ running = [float(x) for x in re.findall(r"\[\d+\]([0-9.]+),", log)]
 spp = re.search(r"([0-9.]+) seconds per pass", log)
 ctx = int(re.search(r"-c (\d+)", sys.argv[3]).group(1))
 fa = re.search(r"flash_attn\s*=\s*(\S+)", log)
-doc = {"command": sys.argv[3], "llama_cpp": "llama-cpp-python 0.3.36 sdist (vendor/llama.cpp), build/bin",
+doc = {"command": sys.argv[3], "llama_cpp": "llama-cpp-python 0.3.36 sdist (vendor/llama.cpp), " + sys.argv[5],
        "ppl": float(final.group(1)), "ppl_stderr": float(final.group(2)), "running_ppl": running,
        "seconds_per_pass": float(spp.group(1)) if spp else None,
        "tokens_per_second_first_pass": ctx / float(spp.group(1)) if spp else None,

@@ -565,14 +565,16 @@ mod tests {
 
     #[test]
     fn ftype_table() {
-        assert_eq!(FileType::all().count(), 13);
+        assert_eq!(FileType::all().count(), 20);
         for f in FileType::all() {
             assert_eq!(FileType::from_name(f.name()), Some(f));
             assert_eq!(FileType::from_name(&f.name().to_lowercase()), Some(f));
         }
         assert_eq!(FileType::Q4_K_M.llama_ftype(), 15);
         assert_eq!(FileType::BF16.llama_ftype(), 32);
-        assert_eq!(FileType::from_name("Q3_K_M"), None);
+        assert_eq!(FileType::Q2_K_S.llama_ftype(), 21);
+        assert_eq!(FileType::IQ4_XS.llama_ftype(), 30);
+        assert_eq!(FileType::from_name("IQ2_XXS"), None);
     }
 
     #[test]
