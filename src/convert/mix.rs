@@ -406,9 +406,8 @@ fn type_impl(st: &mut State, mut ty: GgmlType, t: &MixTensor, ftype: FileType) -
             } else {
                 GgmlType::Q4_K
             };
-        } else if ftype == F::Q3_K_L {
-            ty = GgmlType::Q5_K;
-        } else if matches!(ftype, F::IQ4_NL | F::IQ4_XS) && st.n_gqa >= 4 {
+        } else if ftype == F::Q3_K_L || (matches!(ftype, F::IQ4_NL | F::IQ4_XS) && st.n_gqa >= 4) {
+            // Two consecutive branches of llama.cpp's chain with the same outcome.
             ty = GgmlType::Q5_K;
         } else if matches!(ftype, F::Q4_K_M | F::Q5_K_M)
             && use_more_bits(st.i_attention_wv, st.n_attention_wv)

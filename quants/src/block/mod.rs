@@ -38,7 +38,9 @@ pub unsafe trait Block: Copy + Send + Sync + 'static {
 /// slice is not aligned for `T` (GGUF's 32-byte data alignment makes mmapped tensors aligned).
 pub fn cast_blocks<T: Block>(bytes: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
         return None;
     }
     // SAFETY: length is a whole number of blocks, the pointer is aligned for T, and `Block`
@@ -49,7 +51,9 @@ pub fn cast_blocks<T: Block>(bytes: &[u8]) -> Option<&[T]> {
 /// Mutable counterpart of [`cast_blocks`].
 pub fn cast_blocks_mut<T: Block>(bytes: &mut [u8]) -> Option<&mut [T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
         return None;
     }
     // SAFETY: as in `cast_blocks`; the exclusive borrow of `bytes` is moved into the result.
@@ -194,7 +198,7 @@ impl BlockFormat {
 
     /// Bytes needed for a row of `n` weights, or `None` if `n` is not a whole number of blocks.
     pub const fn row_size(self, n: usize) -> Option<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         Some(n / self.block_size() * self.type_size())

@@ -5,7 +5,7 @@
 //! the dot products, [`legacy`] the Q4_0/Q4_1/Q5_0/Q5_1 reference quantizers. Their functions
 //! are `unsafe` `#[target_feature]` functions; this file wraps each in a safe function and
 //! collects them in [`KERNELS`]. Entries not listed there (the legacy importance-weighted
-//! quantizers, the Q2_K/Q3_K/IQ4_NL/IQ4_XS kernels) fall back to the scalar reference.
+//! quantizers, the Q2_K/Q3_K/IQ4_NL/IQ4_XS quantizers and dequantizers, the Q2_K/Q3_K dots) fall back to the scalar reference.
 //!
 //! Soundness: the wrappers are private and reachable only through [`KERNELS`], which
 //! `super::x86_64_avx2` hands out only after `is_x86_feature_detected!` has confirmed AVX2, FMA
@@ -28,6 +28,8 @@ use half::{bf16, f16};
 
 use super::scalar::SCALAR;
 use super::Kernels;
+use crate::block::iq4_nl::BlockIQ4NL;
+use crate::block::iq4_xs::BlockIQ4XS;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -81,6 +83,8 @@ pub(super) static KERNELS: Kernels = Kernels {
     quantize_row_q6_k_imatrix,
     dequantize_row_q6_k,
     vec_dot_q6_k_q8_k,
+    vec_dot_iq4_nl_q8_0,
+    vec_dot_iq4_xs_q8_k,
     ..SCALAR
 };
 
@@ -135,4 +139,6 @@ wrap! {
     quantize_row_q6_k_imatrix = kquant::quantize_row_q6_k_imatrix(x: &[f32], y: &mut [BlockQ6K], qw: &[f32]);
     dequantize_row_q6_k = rows::dequantize_row_q6_k(x: &[BlockQ6K], y: &mut [f32]);
     vec_dot_q6_k_q8_k = dot::vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32;
+    vec_dot_iq4_nl_q8_0 = dot::vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32;
+    vec_dot_iq4_xs_q8_k = dot::vec_dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32;
 }
