@@ -10,6 +10,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 const TYPES: [&str; 6] = ["Q4_K_M", "Q5_K_M", "Q4_K_S", "Q5_K_S", "Q6_K", "Q8_0"];
+/// The file types of issue 14, recorded without an importance matrix (`*-low-bit.json`).
+const LOW_BIT: [&str; 6] = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "IQ4_NL", "IQ4_XS"];
+/// Recorded with `--imatrix` (`*-low-bit.imatrix.json`): Q2_K_S needs one, and it changes the
+/// IQ4 mixes (their early `ffn_down` layers are promoted only without one).
+const LOW_BIT_IMATRIX: [&str; 3] = ["Q2_K_S", "IQ4_NL", "IQ4_XS"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -23,11 +28,23 @@ fn table(name: &str) -> BTreeMap<String, BTreeMap<String, String>> {
 
 /// Compare our choices with llama-quantize's for every file type in the table.
 fn check(name: &str, tensors: &[MixTensor], shape: ModelShape) {
+    check_types(name, &TYPES, false, tensors, shape);
+}
+
+/// Compare our choices with llama-quantize's for the file types `types` of table `name`
+/// (recorded with an importance matrix when `has_imatrix`).
+fn check_types(
+    name: &str,
+    types: &[&str],
+    has_imatrix: bool,
+    tensors: &[MixTensor],
+    shape: ModelShape,
+) {
     let t = table(name);
-    for ty in TYPES {
+    for &ty in types {
         let want = &t[ty];
         let ftype = FileType::from_name(ty).unwrap();
-        let mix = plan_mix(ftype, tensors, shape, false);
+        let mix = plan_mix(ftype, tensors, shape, has_imatrix);
         assert_eq!(want.len(), tensors.len(), "{name} {ty}: tensor count");
         for (tensor, choice) in tensors.iter().zip(&mix.choices) {
             let got = choice.ggml_type.name().to_ascii_uppercase();
@@ -73,6 +90,14 @@ fn smollm2_matches_llama_quantize() {
         n_head_kv: 3,
     };
     check("smollm2", &tensors, shape);
+    check_types("smollm2-low-bit", &LOW_BIT, false, &tensors, shape);
+    check_types(
+        "smollm2-low-bit.imatrix",
+        &LOW_BIT_IMATRIX,
+        true,
+        &tensors,
+        shape,
+    );
     // DESIGN.md: 576-wide rows make 180 of SmolLM2's 272 tensors fall back at Q4_K_M.
     assert_eq!(
         plan_mix(FileType::Q4_K_M, &tensors, shape, false).n_fallback,
@@ -82,12 +107,21 @@ fn smollm2_matches_llama_quantize() {
 
 #[test]
 fn tiny_natural_plan_matches_llama_quantize() {
+    check_tiny("tiny-natural", &TYPES, false);
+    check_tiny("tiny-natural-low-bit", &LOW_BIT, false);
+    // Derived from the runs of tests/data/quantize (which has IQ4_XS, not IQ4_NL, with --imatrix).
+    check_tiny("tiny-natural-low-bit.imatrix", &["Q2_K_S", "IQ4_XS"], true);
+}
+
+fn check_tiny(name: &str, types: &[&str], with_imatrix: bool) {
     let dir = root().join("fixtures/tiny-natural");
     let st = SafetensorsModel::open(&dir).unwrap();
-    let t = table("tiny-natural");
-    for ty in TYPES {
+    let t = table(name);
+    for &ty in types {
         let opts = ConvertOptions {
             file_type: TypeChoice::Fixed(FileType::from_name(ty).unwrap()),
+            imatrix: with_imatrix
+                .then(|| root().join("tests/data/imatrix/tiny-natural.imatrix.gguf")),
             ..ConvertOptions::default()
         };
         let p = plan(&dir, &st, &opts).unwrap();

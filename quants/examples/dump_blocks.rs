@@ -21,7 +21,7 @@ use longquant_quants::BlockFormat;
 
 /// Formats whose byte layout is checked against gguf-py (F32 is its own layout; Q8_K is
 /// decoded by the script's own Q8_K reader since gguf-py has none).
-pub const LAYOUT_FORMATS: [BlockFormat; 11] = [
+pub const LAYOUT_FORMATS: [BlockFormat; 15] = [
     BlockFormat::F16,
     BlockFormat::BF16,
     BlockFormat::Q4_0,
@@ -33,6 +33,10 @@ pub const LAYOUT_FORMATS: [BlockFormat; 11] = [
     BlockFormat::Q5_K,
     BlockFormat::Q6_K,
     BlockFormat::Q8_K,
+    BlockFormat::Q2_K,
+    BlockFormat::Q3_K,
+    BlockFormat::IQ4_NL,
+    BlockFormat::IQ4_XS,
 ];
 
 /// Weights per row (two K-quant super-blocks).

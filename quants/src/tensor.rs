@@ -5,8 +5,8 @@
 //! buffers may have any alignment: an aligned buffer is reinterpreted in place, a misaligned one
 //! goes through a scratch copy (same bytes, slower).
 //!
-//! Importance matrices follow ggml's `ggml_quantize_chunk`: used by Q4_0, Q4_1, Q5_0, Q5_1 and
-//! the K-quants, ignored by Q8_0 and the float formats, and refused for Q8_K (an activation
+//! Importance matrices follow ggml's `ggml_quantize_chunk`: used by Q4_0, Q4_1, Q5_0, Q5_1,
+//! the K-quants and IQ4_NL/IQ4_XS, ignored by Q8_0 and the float formats, and refused for Q8_K (an activation
 //! type ggml never quantizes with one).
 //!
 //! Activations for [`vec_dot`] are quantized with [`quantize_row`] to [`vec_dot_type`] first.
@@ -34,10 +34,15 @@ pub const fn vec_dot_type(fmt: BlockFormat) -> BlockFormat {
         | BlockFormat::Q4_1
         | BlockFormat::Q5_0
         | BlockFormat::Q5_1
-        | BlockFormat::Q8_0 => BlockFormat::Q8_0,
-        BlockFormat::Q8_K | BlockFormat::Q4_K | BlockFormat::Q5_K | BlockFormat::Q6_K => {
-            BlockFormat::Q8_K
-        }
+        | BlockFormat::Q8_0
+        | BlockFormat::IQ4_NL => BlockFormat::Q8_0,
+        BlockFormat::Q8_K
+        | BlockFormat::Q2_K
+        | BlockFormat::Q3_K
+        | BlockFormat::Q4_K
+        | BlockFormat::Q5_K
+        | BlockFormat::Q6_K
+        | BlockFormat::IQ4_XS => BlockFormat::Q8_K,
     }
 }
 
@@ -49,9 +54,13 @@ pub const fn uses_imatrix(fmt: BlockFormat) -> bool {
             | BlockFormat::Q4_1
             | BlockFormat::Q5_0
             | BlockFormat::Q5_1
+            | BlockFormat::Q2_K
+            | BlockFormat::Q3_K
             | BlockFormat::Q4_K
             | BlockFormat::Q5_K
             | BlockFormat::Q6_K
+            | BlockFormat::IQ4_NL
+            | BlockFormat::IQ4_XS
     )
 }
 
@@ -365,9 +374,13 @@ fn quantize_row_unchecked(
         BlockFormat::Q5_1 => quant!(quantize_row_q5_1, quantize_row_q5_1_imatrix),
         BlockFormat::Q8_0 => quant!(quantize_row_q8_0),
         BlockFormat::Q8_K => quant!(quantize_row_q8_k),
+        BlockFormat::Q2_K => quant!(quantize_row_q2_k, quantize_row_q2_k_imatrix),
+        BlockFormat::Q3_K => quant!(quantize_row_q3_k, quantize_row_q3_k_imatrix),
         BlockFormat::Q4_K => quant!(quantize_row_q4_k, quantize_row_q4_k_imatrix),
         BlockFormat::Q5_K => quant!(quantize_row_q5_k, quantize_row_q5_k_imatrix),
         BlockFormat::Q6_K => quant!(quantize_row_q6_k, quantize_row_q6_k_imatrix),
+        BlockFormat::IQ4_NL => quant!(quantize_row_iq4_nl, quantize_row_iq4_nl_imatrix),
+        BlockFormat::IQ4_XS => quant!(quantize_row_iq4_xs, quantize_row_iq4_xs_imatrix),
     }
 }
 
@@ -387,9 +400,13 @@ fn dequantize_row_unchecked(k: &Kernels, fmt: BlockFormat, src: &[u8], dst: &mut
         BlockFormat::Q5_1 => deq!(dequantize_row_q5_1),
         BlockFormat::Q8_0 => deq!(dequantize_row_q8_0),
         BlockFormat::Q8_K => deq!(dequantize_row_q8_k),
+        BlockFormat::Q2_K => deq!(dequantize_row_q2_k),
+        BlockFormat::Q3_K => deq!(dequantize_row_q3_k),
         BlockFormat::Q4_K => deq!(dequantize_row_q4_k),
         BlockFormat::Q5_K => deq!(dequantize_row_q5_k),
         BlockFormat::Q6_K => deq!(dequantize_row_q6_k),
+        BlockFormat::IQ4_NL => deq!(dequantize_row_iq4_nl),
+        BlockFormat::IQ4_XS => deq!(dequantize_row_iq4_xs),
     }
 }
 
@@ -409,9 +426,13 @@ fn vec_dot_unchecked(k: &Kernels, fmt_w: BlockFormat, w: &[u8], act: &[u8]) -> f
         BlockFormat::Q5_0 => dot!(vec_dot_q5_0_q8_0),
         BlockFormat::Q5_1 => dot!(vec_dot_q5_1_q8_0),
         BlockFormat::Q8_0 => dot!(vec_dot_q8_0_q8_0),
+        BlockFormat::Q2_K => dot!(vec_dot_q2_k_q8_k),
+        BlockFormat::Q3_K => dot!(vec_dot_q3_k_q8_k),
         BlockFormat::Q4_K => dot!(vec_dot_q4_k_q8_k),
         BlockFormat::Q5_K => dot!(vec_dot_q5_k_q8_k),
         BlockFormat::Q6_K => dot!(vec_dot_q6_k_q8_k),
+        BlockFormat::IQ4_NL => dot!(vec_dot_iq4_nl_q8_0),
+        BlockFormat::IQ4_XS => dot!(vec_dot_iq4_xs_q8_k),
         // Unreachable through the public API; an empty dot is the harmless answer.
         BlockFormat::Q8_K => 0.0,
     }

@@ -658,6 +658,14 @@ golden_tests! {
     quantize_q4_k_imatrix, dequantize_q4_k_imatrix => "Q4_K.imatrix";
     quantize_q5_k_imatrix, dequantize_q5_k_imatrix => "Q5_K.imatrix";
     quantize_q6_k_imatrix, dequantize_q6_k_imatrix => "Q6_K.imatrix";
+    quantize_q2_k, dequantize_q2_k => "Q2_K";
+    quantize_q3_k, dequantize_q3_k => "Q3_K";
+    quantize_iq4_nl, dequantize_iq4_nl => "IQ4_NL";
+    quantize_iq4_xs, dequantize_iq4_xs => "IQ4_XS";
+    quantize_q2_k_imatrix, dequantize_q2_k_imatrix => "Q2_K.imatrix";
+    quantize_q3_k_imatrix, dequantize_q3_k_imatrix => "Q3_K.imatrix";
+    quantize_iq4_nl_imatrix, dequantize_iq4_nl_imatrix => "IQ4_NL.imatrix";
+    quantize_iq4_xs_imatrix, dequantize_iq4_xs_imatrix => "IQ4_XS.imatrix";
 }
 
 /// The golden files are what the manifest says: every listed file exists with its size, the

@@ -11,7 +11,7 @@
 
 use half::{bf16, f16};
 use longquant_quants::block::{
-    self, blocks_as_bytes, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_k,
+    self, blocks_as_bytes, iq4_nl, iq4_xs, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_k,
 };
 use longquant_quants::simd::{self, Kernels};
 
@@ -166,6 +166,22 @@ fn cases(n: usize, block: usize, seed: u64) -> Vec<(&'static str, Vec<f32>)> {
         }
     }
     out.push(("mixed regimes", mixed));
+    // Signed zeros: which zero a min/max/absmax search keeps decides the sign bits of the
+    // stored f16 scale and min (blocks of ±0 only, and ±0 beside positive or negative values).
+    out.push((
+        "signed zeros",
+        (0..n)
+            .map(|i| {
+                let z = if r.next_u64() & 1 == 0 { 0.0 } else { -0.0 };
+                match (i / block) % 3 {
+                    0 => z,
+                    1 if r.below(4) == 0 => 1.0 + r.unit() as f32,
+                    2 if r.below(4) == 0 => -1.0 - r.unit() as f32,
+                    _ => z,
+                }
+            })
+            .collect(),
+    ));
     out
 }
 
@@ -349,6 +365,12 @@ fn finite_d_q4_k(b: &mut q4_k::BlockQ4K, r: &mut Rng) {
 fn finite_d_q5_k(b: &mut q5_k::BlockQ5K, r: &mut Rng) {
     b.d = r.f16_scale();
     b.dmin = r.f16_scale();
+}
+fn finite_d_iq4_nl(b: &mut iq4_nl::BlockIQ4NL, r: &mut Rng) {
+    b.d = r.f16_scale();
+}
+fn finite_d_iq4_xs(b: &mut iq4_xs::BlockIQ4XS, r: &mut Rng) {
+    b.d = r.f16_scale();
 }
 fn finite_d_q6_k(b: &mut q6_k::BlockQ6K, r: &mut Rng) {
     b.d = r.f16_scale();
@@ -743,6 +765,30 @@ fn quantized_dot_products_agree() {
             q8_kr,
             dq8_k,
             37,
+        );
+        check_dot(
+            t,
+            "IQ4_NL·Q8_0",
+            k.vec_dot_iq4_nl_q8_0,
+            iq4_nl::vec_dot_iq4_nl_q8_0_ref,
+            iq4_nl::quantize_row_iq4_nl,
+            iq4_nl::dequantize_row_iq4_nl,
+            finite_d_iq4_nl,
+            q8_0r,
+            dq8_0,
+            38,
+        );
+        check_dot(
+            t,
+            "IQ4_XS·Q8_K",
+            k.vec_dot_iq4_xs_q8_k,
+            iq4_xs::vec_dot_iq4_xs_q8_k_ref,
+            iq4_xs::quantize_row_iq4_xs_ref,
+            iq4_xs::dequantize_row_iq4_xs,
+            finite_d_iq4_xs,
+            q8_kr,
+            dq8_k,
+            39,
         );
     }
 }

@@ -8,8 +8,8 @@ What it does (see PROVENANCE.md for the why):
   2. writes them into a minimal llama-architecture F32 GGUF (gguf-py GGUFWriter);
   3. quantizes that file with llama.cpp's own `llama_model_quantize` (through the
      llama-cpp-python ctypes binding, 1 thread, `pure`, so every 2-D tensor gets exactly the
-     requested type) for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K, and again with a synthetic
-     importance matrix (passed as `llama_model_quantize_params.imatrix`) for Q4_0 Q4_K Q5_K Q6_K;
+     requested type) for Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS, and again with a synthetic
+     importance matrix (passed as `llama_model_quantize_params.imatrix`) for Q4_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS;
   4. reads every output with gguf-py's GGUFReader, checks every tensor has the requested type
      and stores the raw blocks, row-major, in the category order of the input;
   5. dequantizes those blocks with gguf-py (`gguf.quants.dequantize`) and stores an FNV-1a-64
@@ -81,6 +81,15 @@ TARGETS = [
     ("Q4_K.imatrix", "Q4_K", 14, True),
     ("Q5_K.imatrix", "Q5_K", 16, True),
     ("Q6_K.imatrix", "Q6_K", 18, True),
+    # Added for issue 14 (the sets above were not regenerated: same seed, same bytes).
+    ("Q2_K", "Q2_K", 10, False),  # LLAMA_FTYPE_MOSTLY_Q2_K
+    ("Q3_K", "Q3_K", 11, False),  # LLAMA_FTYPE_MOSTLY_Q3_K_S
+    ("IQ4_NL", "IQ4_NL", 25, False),
+    ("IQ4_XS", "IQ4_XS", 30, False),
+    ("Q2_K.imatrix", "Q2_K", 10, True),
+    ("Q3_K.imatrix", "Q3_K", 11, True),
+    ("IQ4_NL.imatrix", "IQ4_NL", 25, True),
+    ("IQ4_XS.imatrix", "IQ4_XS", 30, True),
 ]
 
 FNV_OFFSET = 0xCBF29CE484222325

@@ -15,7 +15,8 @@ pub struct Args {
     /// The GGUF file to write (written to a temporary file beside it, renamed when complete).
     output: PathBuf,
     /// Output type: F32, F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, Q5_0, Q5_1, Q4_0,
-    /// Q4_1. Mixes match llama.cpp's llama-quantize.
+    /// Q4_1, IQ4_XS, IQ4_NL, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K, Q2_K_S (needs --imatrix). Mixes match
+    /// llama.cpp's llama-quantize.
     #[arg(long = "type")]
     file_type: String,
     /// Dequantize tensors that are already quantized (Q4_1, Q8_0, ...) and quantize them again.

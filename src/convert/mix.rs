@@ -31,6 +31,20 @@ pub enum FileType {
     Q5_1,
     /// Q8_0 (7).
     Q8_0,
+    /// Q2_K with `attn_v` at Q3_K/Q4_K and `ffn_down`, `attn_output` at Q3_K (10).
+    Q2_K,
+    /// Q2_K with a few early `ffn_down` at Q4_K; needs an importance matrix (21).
+    Q2_K_S,
+    /// Q3_K everywhere but output (11).
+    Q3_K_S,
+    /// Q3_K with `attn_v`, `attn_output`, `ffn_down` at Q4_K/Q5_K (12).
+    Q3_K_M,
+    /// Q3_K with `attn_v`, `attn_output`, `ffn_down` at Q5_K (13).
+    Q3_K_L,
+    /// IQ4_NL (25).
+    IQ4_NL,
+    /// IQ4_XS (30).
+    IQ4_XS,
     /// Q4_K with a few early `attn_v` / `ffn_down` at Q5_K (14).
     Q4_K_S,
     /// Q4_K with `use_more_bits` layers of `attn_v` / `ffn_down` at Q6_K (15).
@@ -53,6 +67,13 @@ const FTYPES: &[(FileType, &str, u32, GgmlType)] = &[
     (FileType::Q5_0, "Q5_0", 8, GgmlType::Q5_0),
     (FileType::Q5_1, "Q5_1", 9, GgmlType::Q5_1),
     (FileType::Q8_0, "Q8_0", 7, GgmlType::Q8_0),
+    (FileType::Q2_K, "Q2_K", 10, GgmlType::Q2_K),
+    (FileType::Q2_K_S, "Q2_K_S", 21, GgmlType::Q2_K),
+    (FileType::Q3_K_S, "Q3_K_S", 11, GgmlType::Q3_K),
+    (FileType::Q3_K_M, "Q3_K_M", 12, GgmlType::Q3_K),
+    (FileType::Q3_K_L, "Q3_K_L", 13, GgmlType::Q3_K),
+    (FileType::IQ4_NL, "IQ4_NL", 25, GgmlType::IQ4_NL),
+    (FileType::IQ4_XS, "IQ4_XS", 30, GgmlType::IQ4_XS),
     (FileType::Q4_K_S, "Q4_K_S", 14, GgmlType::Q4_K),
     (FileType::Q4_K_M, "Q4_K_M", 15, GgmlType::Q4_K),
     (FileType::Q5_K_S, "Q5_K_S", 16, GgmlType::Q5_K),
@@ -213,6 +234,19 @@ pub fn allows_quantization(t: &MixTensor) -> bool {
         && !n.contains("attn_rel_b.weight")
 }
 
+/// `tensor_requires_imatrix`: whether llama-quantize refuses to quantize tensor `name` to `ty`
+/// without an importance matrix. Of the file types here only Q2_K_S needs one (for its Q2_K
+/// tensors; `token_embd` and `output` are exempt).
+pub fn requires_imatrix(name: &str, ty: GgmlType, ftype: FileType) -> bool {
+    if matches!(
+        name,
+        "token_embd.weight" | "per_layer_token_embd.weight" | "output.weight"
+    ) {
+        return false;
+    }
+    ty == GgmlType::Q2_K && ftype == FileType::Q2_K_S
+}
+
 /// `sscanf(name, "blk.%d.", &layer)`: the block index, or -1 for non-block tensors.
 fn block_index(name: &str) -> i64 {
     let Some(rest) = name.strip_prefix("blk.") else {
@@ -238,6 +272,8 @@ struct State {
     i_ffn_down: i64,
     has_tied_embeddings: bool,
     is_70b: bool,
+    /// `hparams.n_gqa()`: heads per KV head, 0 without KV heads.
+    n_gqa: u64,
     has_imatrix: bool,
     n_fallback: usize,
 }
@@ -301,6 +337,7 @@ pub fn plan_mix_with(
             .any(|t| category(&t.name) == Category::Output),
         // llama.cpp types an 80-layer Llama with grouped-query attention as 70B.
         is_70b: shape.n_layer == 80 && shape.n_head != shape.n_head_kv,
+        n_gqa: shape.n_head.checked_div(shape.n_head_kv).unwrap_or(0),
         has_imatrix,
         n_fallback: 0,
     };
@@ -355,7 +392,24 @@ fn type_impl(st: &mut State, mut ty: GgmlType, t: &MixTensor, ftype: FileType) -
     } else if cat == Category::TokenEmbd {
         // No rule for these file types: token_embd keeps the default type.
     } else if is_attn_v_like(cat) {
-        if matches!(ftype, F::Q4_K_M | F::Q5_K_M)
+        if ftype == F::Q2_K {
+            ty = if st.n_gqa >= 4 {
+                GgmlType::Q4_K
+            } else {
+                GgmlType::Q3_K
+            };
+        } else if ftype == F::Q2_K_S && st.n_gqa >= 4 {
+            ty = GgmlType::Q4_K;
+        } else if ftype == F::Q3_K_M {
+            ty = if st.i_attention_wv < 2 {
+                GgmlType::Q5_K
+            } else {
+                GgmlType::Q4_K
+            };
+        } else if ftype == F::Q3_K_L || (matches!(ftype, F::IQ4_NL | F::IQ4_XS) && st.n_gqa >= 4) {
+            // Two consecutive branches of llama.cpp's chain with the same outcome.
+            ty = GgmlType::Q5_K;
+        } else if matches!(ftype, F::Q4_K_M | F::Q5_K_M)
             && use_more_bits(st.i_attention_wv, st.n_attention_wv)
         {
             ty = GgmlType::Q6_K;
@@ -368,10 +422,28 @@ fn type_impl(st: &mut State, mut ty: GgmlType, t: &MixTensor, ftype: FileType) -
         st.i_attention_wv += 1;
     } else if cat == Category::FfnDown {
         let (i_layer, n_layer) = (st.i_ffn_down, st.n_ffn_down);
-        if ftype == F::Q4_K_M {
+        if ftype == F::Q2_K {
+            ty = GgmlType::Q3_K;
+        } else if ftype == F::Q2_K_S {
+            if i_layer < n_layer / 8 {
+                ty = GgmlType::Q4_K;
+            }
+        } else if ftype == F::Q3_K_M {
+            // (Falcon's Q3_K branch is not reachable for Llama.)
+            ty = if i_layer < n_layer / 16 {
+                GgmlType::Q5_K
+            } else {
+                GgmlType::Q4_K
+            };
+        } else if ftype == F::Q3_K_L {
+            ty = GgmlType::Q5_K;
+        } else if ftype == F::Q4_K_M {
             if use_more_bits(i_layer, n_layer) {
                 ty = GgmlType::Q6_K;
             }
+        } else if i_layer < n_layer / 8 && matches!(ftype, F::IQ4_NL | F::IQ4_XS) && !st.has_imatrix
+        {
+            ty = GgmlType::Q5_K;
         } else if ftype == F::Q5_K_M && use_more_bits(i_layer, n_layer) {
             ty = GgmlType::Q6_K;
         } else if ftype == F::Q4_K_S && i_layer < n_layer / 8 {
@@ -384,8 +456,18 @@ fn type_impl(st: &mut State, mut ty: GgmlType, t: &MixTensor, ftype: FileType) -
             };
         }
         st.i_ffn_down += 1;
+    } else if cat == Category::AttnOutput {
+        // The dense (non-expert, non-Falcon) branch.
+        match ftype {
+            F::Q2_K => ty = GgmlType::Q3_K,
+            F::Q3_K_M => ty = GgmlType::Q4_K,
+            F::Q3_K_L => ty = GgmlType::Q5_K,
+            _ => {}
+        }
     } else if cat == Category::AttnQkv {
-        if ftype == F::Q4_K_M {
+        if matches!(ftype, F::Q3_K_M | F::Q3_K_L) {
+            ty = GgmlType::Q4_K;
+        } else if ftype == F::Q4_K_M {
             ty = GgmlType::Q5_K;
         } else if ftype == F::Q5_K_M {
             ty = GgmlType::Q6_K;
@@ -482,14 +564,16 @@ mod tests {
 
     #[test]
     fn ftype_table() {
-        assert_eq!(FileType::all().count(), 13);
+        assert_eq!(FileType::all().count(), 20);
         for f in FileType::all() {
             assert_eq!(FileType::from_name(f.name()), Some(f));
             assert_eq!(FileType::from_name(&f.name().to_lowercase()), Some(f));
         }
         assert_eq!(FileType::Q4_K_M.llama_ftype(), 15);
         assert_eq!(FileType::BF16.llama_ftype(), 32);
-        assert_eq!(FileType::from_name("Q3_K_M"), None);
+        assert_eq!(FileType::Q2_K_S.llama_ftype(), 21);
+        assert_eq!(FileType::IQ4_XS.llama_ftype(), 30);
+        assert_eq!(FileType::from_name("IQ2_XXS"), None);
     }
 
     #[test]

@@ -16,7 +16,9 @@ use longquant_quants::QuantError;
 
 use super::config::{ConfigError, LlamaConfig, RopeScaling};
 use super::importance::ImportanceWeights;
-use super::mix::{plan_mix, FileType, MixTensor, ModelShape};
+use super::mix::{
+    allows_quantization, plan_mix, requires_imatrix, FileType, MixTensor, ModelShape,
+};
 use super::names::{map_hf_name, HfName, PermuteError, Role, ROPE_FREQS};
 use super::split::SplitWriter;
 use super::stream::{split_err, stream_tensors, TensorSource};
@@ -132,6 +134,15 @@ pub enum ConvertError {
         from: String,
         /// The type the mix chose.
         to: String,
+    },
+    /// The file type needs an importance matrix for this tensor and none was given
+    /// (llama-quantize's refusal for Q2_K_S, with its message).
+    #[error("this quantization requires an importance matrix! offending tensor: {name}, target type: {ggml_type} (pass --imatrix FILE, made by `longquant imatrix` or llama-imatrix)")]
+    ImatrixRequired {
+        /// GGUF tensor name.
+        name: String,
+        /// The type the mix chose for it (ggml's name).
+        ggml_type: String,
     },
     /// After writing, the GGUF does not carry what config.json says (a bug; the file is removed).
     #[error("written file disagrees with config.json: {0}")]
@@ -531,6 +542,9 @@ pub fn plan(
         n_head_kv: config.n_head_kv,
     };
     let mix = plan_mix(file_type, &mix_in, shape, imatrix.is_some());
+    if imatrix.is_none() {
+        check_imatrix_not_required(file_type, &mix_in, &mix)?;
+    }
     let mut n_params = 0u64;
     for (t, c) in tensors.iter_mut().zip(&mix.choices) {
         t.ggml_type = c.ggml_type;
@@ -562,6 +576,24 @@ pub fn plan(
         metadata,
         imatrix,
     })
+}
+
+/// llama-quantize refuses, before writing anything, a file type that needs an importance matrix
+/// (`tensor_requires_imatrix`) when none is given; the first such tensor in file order is named.
+pub(crate) fn check_imatrix_not_required(
+    file_type: FileType,
+    tensors: &[MixTensor],
+    mix: &super::mix::Mix,
+) -> Result<(), ConvertError> {
+    for (t, c) in tensors.iter().zip(&mix.choices) {
+        if allows_quantization(t) && requires_imatrix(&t.name, c.ggml_type, file_type) {
+            return Err(ConvertError::ImatrixRequired {
+                name: t.name.clone(),
+                ggml_type: c.ggml_type.name().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The metadata, in the order convert_hf_to_gguf.py adds it.

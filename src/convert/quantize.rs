@@ -126,6 +126,9 @@ pub fn plan_quantize(
             pure: opts.pure,
         },
     );
+    if imatrix.is_none() {
+        super::pipeline::check_imatrix_not_required(opts.file_type, &mix_in, &mix)?;
+    }
     let mut tensors = Vec::with_capacity(infos.len());
     let mut n_params = 0u64;
     for ((info, mt), choice) in infos.iter().zip(&mix_in).zip(&mix.choices) {
@@ -145,7 +148,7 @@ pub fn plan_quantize(
             }
             if block_format(from).is_none() {
                 return Err(ConvertError::NotSupported(format!(
-                    "tensor {} is {}, which longquant cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)",
+                    "tensor {} is {}, which longquant cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)",
                     info.name,
                     from.name()
                 )));

@@ -117,9 +117,13 @@ pub fn block_format(t: GgmlType) -> Option<BlockFormat> {
         GgmlType::Q5_0 => BlockFormat::Q5_0,
         GgmlType::Q5_1 => BlockFormat::Q5_1,
         GgmlType::Q8_0 => BlockFormat::Q8_0,
+        GgmlType::Q2_K => BlockFormat::Q2_K,
+        GgmlType::Q3_K => BlockFormat::Q3_K,
         GgmlType::Q4_K => BlockFormat::Q4_K,
         GgmlType::Q5_K => BlockFormat::Q5_K,
         GgmlType::Q6_K => BlockFormat::Q6_K,
+        GgmlType::IQ4_NL => BlockFormat::IQ4_NL,
+        GgmlType::IQ4_XS => BlockFormat::IQ4_XS,
         _ => return None,
     })
 }

@@ -54,8 +54,10 @@ pub(crate) fn act_format(w: &Weight<'_>) -> ActFormat {
         WeightData::F16(_) => ActFormat::F16Round,
         WeightData::BF16(_) => ActFormat::BF16Round,
         WeightData::Q4_0(_) | WeightData::Q5_0(_) | WeightData::Q8_0(_) => ActFormat::Q8_0,
+        WeightData::IQ4NL(_) => ActFormat::Q8_0,
         WeightData::Q4_1(_) | WeightData::Q5_1(_) => ActFormat::Q8_1,
         WeightData::Q4K(_) | WeightData::Q5K(_) | WeightData::Q6K(_) => ActFormat::Q8K,
+        WeightData::Q2K(_) | WeightData::Q3K(_) | WeightData::IQ4XS(_) => ActFormat::Q8K,
     }
 }
 
@@ -213,6 +215,19 @@ pub(crate) fn matmul(k: &Kernels, w: &Weight<'_>, acts: &Acts, n_tok: usize, out
         (WeightData::Q6K(wd), Acts::Q8K(a)) => {
             mm_kquant::matmul_q6k(k, wd, bpr, a, n_tok, rows, out)
         }
+        // The newer types use the row-dot kernels of the quants crate through the generic tiling.
+        (WeightData::Q2K(wd), Acts::Q8K(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
+            (k.vec_dot_q2_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
+        }),
+        (WeightData::Q3K(wd), Acts::Q8K(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
+            (k.vec_dot_q3_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
+        }),
+        (WeightData::IQ4XS(wd), Acts::Q8K(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
+            (k.vec_dot_iq4_xs_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
+        }),
+        (WeightData::IQ4NL(wd), Acts::Q8_0(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
+            (k.vec_dot_iq4_nl_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
+        }),
         // ActCache picks the format from the weight, so other pairings cannot be constructed.
         _ => unreachable!("activation format does not match the weight type"),
     }

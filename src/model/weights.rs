@@ -8,8 +8,9 @@ use half::{bf16, f16};
 use longquant_formats::gguf::{GgufFile, TensorInfo};
 use longquant_formats::GgmlType;
 use longquant_quants::block::{
-    cast_blocks, q4_0::BlockQ4_0, q4_1::BlockQ4_1, q4_k::BlockQ4K, q5_0::BlockQ5_0,
-    q5_1::BlockQ5_1, q5_k::BlockQ5K, q6_k::BlockQ6K, q8_0::BlockQ8_0, Block,
+    cast_blocks, iq4_nl::BlockIQ4NL, iq4_xs::BlockIQ4XS, q2_k::BlockQ2K, q3_k::BlockQ3K,
+    q4_0::BlockQ4_0, q4_1::BlockQ4_1, q4_k::BlockQ4K, q5_0::BlockQ5_0, q5_1::BlockQ5_1,
+    q5_k::BlockQ5K, q6_k::BlockQ6K, q8_0::BlockQ8_0, Block,
 };
 
 /// A weight matrix's data in its stored type, as a slice of blocks (rows back to back).
@@ -37,6 +38,14 @@ pub enum WeightData<'a> {
     Q5K(&'a [BlockQ5K]),
     /// Q6_K super-blocks.
     Q6K(&'a [BlockQ6K]),
+    /// Q2_K super-blocks.
+    Q2K(&'a [BlockQ2K]),
+    /// Q3_K super-blocks.
+    Q3K(&'a [BlockQ3K]),
+    /// IQ4_NL blocks.
+    IQ4NL(&'a [BlockIQ4NL]),
+    /// IQ4_XS super-blocks.
+    IQ4XS(&'a [BlockIQ4XS]),
 }
 
 /// A 2-D weight: `rows` output features of `cols` inputs each (GGUF dims `[cols, rows]`).
@@ -71,6 +80,10 @@ impl Weight<'_> {
             WeightData::Q4K(_) => F::Q4_K,
             WeightData::Q5K(_) => F::Q5_K,
             WeightData::Q6K(_) => F::Q6_K,
+            WeightData::Q2K(_) => F::Q2_K,
+            WeightData::Q3K(_) => F::Q3_K,
+            WeightData::IQ4NL(_) => F::IQ4_NL,
+            WeightData::IQ4XS(_) => F::IQ4_XS,
         }
     }
 
@@ -92,6 +105,10 @@ impl Weight<'_> {
             WeightData::Q4K(d) => (k.dequantize_row_q4_k)(&d[span], out),
             WeightData::Q5K(d) => (k.dequantize_row_q5_k)(&d[span], out),
             WeightData::Q6K(d) => (k.dequantize_row_q6_k)(&d[span], out),
+            WeightData::Q2K(d) => (k.dequantize_row_q2_k)(&d[span], out),
+            WeightData::Q3K(d) => (k.dequantize_row_q3_k)(&d[span], out),
+            WeightData::IQ4NL(d) => (k.dequantize_row_iq4_nl)(&d[span], out),
+            WeightData::IQ4XS(d) => (k.dequantize_row_iq4_xs)(&d[span], out),
         }
     }
 }
@@ -221,6 +238,10 @@ fn matrix_from_file<'a>(
         GgmlType::Q4_K => WeightData::Q4K(cast(name, bytes)?),
         GgmlType::Q5_K => WeightData::Q5K(cast(name, bytes)?),
         GgmlType::Q6_K => WeightData::Q6K(cast(name, bytes)?),
+        GgmlType::Q2_K => WeightData::Q2K(cast(name, bytes)?),
+        GgmlType::Q3_K => WeightData::Q3K(cast(name, bytes)?),
+        GgmlType::IQ4_NL => WeightData::IQ4NL(cast(name, bytes)?),
+        GgmlType::IQ4_XS => WeightData::IQ4XS(cast(name, bytes)?),
         ty => {
             return Err(ModelError::UnsupportedType {
                 tensor: name.to_string(),

@@ -7,7 +7,11 @@
 //! `quant_weights`, `vec_dot_q4_k_q8_k_ref` mirrors `ggml_vec_dot_q4_K_q8_K_generic`.
 
 pub mod float;
+pub mod iq4_nl;
+pub mod iq4_xs;
 pub mod kquant_common;
+pub mod q2_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -34,7 +38,9 @@ pub unsafe trait Block: Copy + Send + Sync + 'static {
 /// slice is not aligned for `T` (GGUF's 32-byte data alignment makes mmapped tensors aligned).
 pub fn cast_blocks<T: Block>(bytes: &[u8]) -> Option<&[T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
         return None;
     }
     // SAFETY: length is a whole number of blocks, the pointer is aligned for T, and `Block`
@@ -45,7 +51,9 @@ pub fn cast_blocks<T: Block>(bytes: &[u8]) -> Option<&[T]> {
 /// Mutable counterpart of [`cast_blocks`].
 pub fn cast_blocks_mut<T: Block>(bytes: &mut [u8]) -> Option<&mut [T]> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    {
         return None;
     }
     // SAFETY: as in `cast_blocks`; the exclusive borrow of `bytes` is moved into the result.
@@ -93,17 +101,25 @@ pub enum BlockFormat {
     Q8_0,
     /// 256 activations: f32 scale + 256 × i8 + 16 × i16 group sums.
     Q8_K,
+    /// 256 weights, 2.625 bits each.
+    Q2_K,
+    /// 256 weights, 3.4375 bits each.
+    Q3_K,
     /// 256 weights, 4.5 bits each.
     Q4_K,
     /// 256 weights, 5.5 bits each.
     Q5_K,
     /// 256 weights, 6.5625 bits each.
     Q6_K,
+    /// 32 weights: f16 scale + 32 × 4-bit indices into a non-linear grid.
+    IQ4_NL,
+    /// 256 weights, 4.25 bits each: IQ4_NL's grid with 6-bit block scales.
+    IQ4_XS,
 }
 
 impl BlockFormat {
     /// Every format, in ggml type-id order.
-    pub const ALL: [BlockFormat; 12] = [
+    pub const ALL: [BlockFormat; 16] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -111,10 +127,14 @@ impl BlockFormat {
         Self::Q5_0,
         Self::Q5_1,
         Self::Q8_0,
+        Self::Q2_K,
+        Self::Q3_K,
         Self::Q8_K,
         Self::Q4_K,
         Self::Q5_K,
         Self::Q6_K,
+        Self::IQ4_NL,
+        Self::IQ4_XS,
         Self::BF16,
     ];
 
@@ -122,8 +142,14 @@ impl BlockFormat {
     pub const fn block_size(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
-            Self::Q8_K | Self::Q4_K | Self::Q5_K | Self::Q6_K => crate::QK_K,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::IQ4_NL => 32,
+            Self::Q8_K
+            | Self::Q2_K
+            | Self::Q3_K
+            | Self::Q4_K
+            | Self::Q5_K
+            | Self::Q6_K
+            | Self::IQ4_XS => crate::QK_K,
         }
     }
 
@@ -138,9 +164,13 @@ impl BlockFormat {
             Self::Q5_1 => 24,
             Self::Q8_0 => 34,
             Self::Q8_K => 292,
+            Self::Q2_K => 84,
+            Self::Q3_K => 110,
             Self::Q4_K => 144,
             Self::Q5_K => 176,
             Self::Q6_K => 210,
+            Self::IQ4_NL => 18,
+            Self::IQ4_XS => 136,
         }
     }
 
@@ -156,15 +186,19 @@ impl BlockFormat {
             Self::Q5_1 => "Q5_1",
             Self::Q8_0 => "Q8_0",
             Self::Q8_K => "Q8_K",
+            Self::Q2_K => "Q2_K",
+            Self::Q3_K => "Q3_K",
             Self::Q4_K => "Q4_K",
             Self::Q5_K => "Q5_K",
             Self::Q6_K => "Q6_K",
+            Self::IQ4_NL => "IQ4_NL",
+            Self::IQ4_XS => "IQ4_XS",
         }
     }
 
     /// Bytes needed for a row of `n` weights, or `None` if `n` is not a whole number of blocks.
     pub const fn row_size(self, n: usize) -> Option<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         Some(n / self.block_size() * self.type_size())

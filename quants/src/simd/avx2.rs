@@ -2,9 +2,10 @@
 //!
 //! Layout: [`kquant`] holds the K-quant row quantizers (the lane-per-sub-block scale search),
 //! [`rows`] the Q8_0/Q8_K quantizers, the dequantizers and the f16/bf16 row conversions, [`dot`]
-//! the dot products. Their functions are `unsafe` `#[target_feature]` functions; this file wraps
-//! each in a safe function and collects them in [`KERNELS`]. Entries not listed there (the
-//! legacy Q4_0/Q4_1/Q5_0/Q5_1 quantizers) fall back to the scalar reference.
+//! the dot products, [`legacy`] the Q4_0/Q4_1/Q5_0/Q5_1 reference quantizers. Their functions
+//! are `unsafe` `#[target_feature]` functions; this file wraps each in a safe function and
+//! collects them in [`KERNELS`]. Entries not listed there (the legacy importance-weighted
+//! quantizers, the Q2_K/Q3_K/IQ4_NL/IQ4_XS quantizers and dequantizers, the Q2_K/Q3_K dots) fall back to the scalar reference.
 //!
 //! Soundness: the wrappers are private and reachable only through [`KERNELS`], which
 //! `super::x86_64_avx2` hands out only after `is_x86_feature_detected!` has confirmed AVX2, FMA
@@ -19,6 +20,7 @@
 
 mod dot;
 mod kquant;
+mod legacy;
 mod q8_1;
 mod rows;
 
@@ -26,6 +28,8 @@ use half::{bf16, f16};
 
 use super::scalar::SCALAR;
 use super::Kernels;
+use crate::block::iq4_nl::BlockIQ4NL;
+use crate::block::iq4_xs::BlockIQ4XS;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -48,6 +52,10 @@ pub(super) static KERNELS: Kernels = Kernels {
     vec_dot_f32,
     vec_dot_f16_f32,
     vec_dot_bf16_f32,
+    quantize_row_q4_0,
+    quantize_row_q4_1,
+    quantize_row_q5_0,
+    quantize_row_q5_1,
     dequantize_row_q4_0,
     vec_dot_q4_0_q8_0,
     dequantize_row_q4_1,
@@ -75,6 +83,8 @@ pub(super) static KERNELS: Kernels = Kernels {
     quantize_row_q6_k_imatrix,
     dequantize_row_q6_k,
     vec_dot_q6_k_q8_k,
+    vec_dot_iq4_nl_q8_0,
+    vec_dot_iq4_xs_q8_k,
     ..SCALAR
 };
 
@@ -98,6 +108,10 @@ wrap! {
     vec_dot_f32 = dot::vec_dot_f32(x: &[f32], y: &[f32]) -> f32;
     vec_dot_f16_f32 = dot::vec_dot_f16_f32(x: &[f16], y: &[f32]) -> f32;
     vec_dot_bf16_f32 = dot::vec_dot_bf16_f32(x: &[bf16], y: &[f32]) -> f32;
+    quantize_row_q4_0 = legacy::quantize_row_q4_0(x: &[f32], y: &mut [BlockQ4_0]);
+    quantize_row_q4_1 = legacy::quantize_row_q4_1(x: &[f32], y: &mut [BlockQ4_1]);
+    quantize_row_q5_0 = legacy::quantize_row_q5_0(x: &[f32], y: &mut [BlockQ5_0]);
+    quantize_row_q5_1 = legacy::quantize_row_q5_1(x: &[f32], y: &mut [BlockQ5_1]);
     dequantize_row_q4_0 = rows::dequantize_row_q4_0(x: &[BlockQ4_0], y: &mut [f32]);
     vec_dot_q4_0_q8_0 = dot::vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32;
     dequantize_row_q4_1 = rows::dequantize_row_q4_1(x: &[BlockQ4_1], y: &mut [f32]);
@@ -125,4 +139,6 @@ wrap! {
     quantize_row_q6_k_imatrix = kquant::quantize_row_q6_k_imatrix(x: &[f32], y: &mut [BlockQ6K], qw: &[f32]);
     dequantize_row_q6_k = rows::dequantize_row_q6_k(x: &[BlockQ6K], y: &mut [f32]);
     vec_dot_q6_k_q8_k = dot::vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32;
+    vec_dot_iq4_nl_q8_0 = dot::vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32;
+    vec_dot_iq4_xs_q8_k = dot::vec_dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32;
 }

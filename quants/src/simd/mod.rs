@@ -22,6 +22,10 @@ use std::sync::OnceLock;
 
 use half::{bf16, f16};
 
+use crate::block::iq4_nl::BlockIQ4NL;
+use crate::block::iq4_xs::BlockIQ4XS;
+use crate::block::q2_k::BlockQ2K;
+use crate::block::q3_k::BlockQ3K;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -128,6 +132,24 @@ pub struct Kernels {
     /// Q8_K dequantizer.
     pub dequantize_row_q8_k: DequantizeFn<BlockQ8K>,
 
+    /// Q2_K reference quantizer.
+    pub quantize_row_q2_k: QuantizeFn<BlockQ2K>,
+    /// Q2_K importance-weighted quantizer.
+    pub quantize_row_q2_k_imatrix: QuantizeImatrixFn<BlockQ2K>,
+    /// Q2_K dequantizer.
+    pub dequantize_row_q2_k: DequantizeFn<BlockQ2K>,
+    /// Q2_K · Q8_K.
+    pub vec_dot_q2_k_q8_k: VecDotFn<BlockQ2K, BlockQ8K>,
+
+    /// Q3_K reference quantizer.
+    pub quantize_row_q3_k: QuantizeFn<BlockQ3K>,
+    /// Q3_K importance-weighted quantizer.
+    pub quantize_row_q3_k_imatrix: QuantizeImatrixFn<BlockQ3K>,
+    /// Q3_K dequantizer.
+    pub dequantize_row_q3_k: DequantizeFn<BlockQ3K>,
+    /// Q3_K · Q8_K.
+    pub vec_dot_q3_k_q8_k: VecDotFn<BlockQ3K, BlockQ8K>,
+
     /// Q4_K reference quantizer.
     pub quantize_row_q4_k: QuantizeFn<BlockQ4K>,
     /// Q4_K importance-weighted quantizer.
@@ -154,6 +176,24 @@ pub struct Kernels {
     pub dequantize_row_q6_k: DequantizeFn<BlockQ6K>,
     /// Q6_K · Q8_K.
     pub vec_dot_q6_k_q8_k: VecDotFn<BlockQ6K, BlockQ8K>,
+
+    /// IQ4_NL quantizer (llama-quantize's `quantize_iq4_nl` without an imatrix).
+    pub quantize_row_iq4_nl: QuantizeFn<BlockIQ4NL>,
+    /// IQ4_NL importance-weighted quantizer.
+    pub quantize_row_iq4_nl_imatrix: QuantizeImatrixFn<BlockIQ4NL>,
+    /// IQ4_NL dequantizer.
+    pub dequantize_row_iq4_nl: DequantizeFn<BlockIQ4NL>,
+    /// IQ4_NL · Q8_0.
+    pub vec_dot_iq4_nl_q8_0: VecDotFn<BlockIQ4NL, BlockQ8_0>,
+
+    /// IQ4_XS reference quantizer.
+    pub quantize_row_iq4_xs: QuantizeFn<BlockIQ4XS>,
+    /// IQ4_XS importance-weighted quantizer.
+    pub quantize_row_iq4_xs_imatrix: QuantizeImatrixFn<BlockIQ4XS>,
+    /// IQ4_XS dequantizer.
+    pub dequantize_row_iq4_xs: DequantizeFn<BlockIQ4XS>,
+    /// IQ4_XS · Q8_K.
+    pub vec_dot_iq4_xs_q8_k: VecDotFn<BlockIQ4XS, BlockQ8K>,
 }
 
 /// The scalar table as a `'static` value (the `const` in [`scalar`] is for struct update).

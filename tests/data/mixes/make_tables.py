@@ -4,8 +4,10 @@ import sys, json, subprocess, os
 import numpy as np
 from gguf import GGUFReader, GGUFWriter, GGMLQuantizationType
 from gguf.quants import dequantize
-Q = '/work/cache/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-quantize'
-TYPES = ['Q4_K_M', 'Q5_K_M', 'Q4_K_S', 'Q5_K_S', 'Q6_K', 'Q8_0']
+Q = os.environ.get('LLAMA_QUANTIZE', '/work/cache/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin/llama-quantize')
+TYPES = os.environ.get('TYPES', 'Q4_K_M Q5_K_M Q4_K_S Q5_K_S Q6_K Q8_0').split()
+# With IMATRIX=FILE every run passes --imatrix FILE (needed for Q2_K_S; changes IQ4_NL/IQ4_XS mixes).
+IMATRIX = os.environ.get('IMATRIX')
 
 def copy_f32(src, dst, override_tensors=None):
     r = GGUFReader(src)
@@ -27,14 +29,17 @@ def table(f32, name):
     out = {}
     for ty in TYPES:
         dst = f'{name}.{ty}.gguf'
-        subprocess.run([Q, f32, dst, ty, '2'], check=True, capture_output=True)
+        subprocess.run([Q] + (['--imatrix', IMATRIX] if IMATRIX else []) + [f32, dst, ty, '2'],
+                       check=True, capture_output=True)
         r = GGUFReader(dst)
         out[ty] = {t.name: t.tensor_type.name for t in r.tensors}
         os.remove(dst)
     return out
 
 name, f32 = sys.argv[1], sys.argv[2]
+# OUT names the JSON (default NAME.json) so new tables can sit beside the old ones.
+OUT = os.environ.get('OUT', name + '.json')
 if len(sys.argv) > 3 and sys.argv[3] == 'dequant':
     copy_f32(f32, name + '.F32.gguf'); f32 = name + '.F32.gguf'
-json.dump(table(f32, name), open(name + '.json', 'w'), indent=1, sort_keys=True)
+json.dump(table(f32, name), open(OUT, 'w'), indent=1, sort_keys=True)
 print('ok', name)

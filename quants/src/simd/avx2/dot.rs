@@ -8,6 +8,8 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::rows::q6_k_half_levels;
+use crate::block::iq4_nl::{BlockIQ4NL, KVALUES_IQ4NL};
+use crate::block::iq4_xs::BlockIQ4XS;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -474,6 +476,76 @@ pub(super) unsafe fn vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
                 }
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum(acc)
+    }
+}
+
+/// The 32 IQ4_NL levels of one 32-weight block in weight order (low nibbles, then high), looked
+/// up in `KVALUES_IQ4NL` with one byte shuffle (the table sits in both 128-bit lanes).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn iq4_levels(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: reads the 16 bytes of `qs` and of the level table; AVX2 (caller).
+    unsafe {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()));
+        _mm256_shuffle_epi8(table, nibbles(qs))
+    }
+}
+
+/// IQ4_NL · Q8_0: per block `(d_y·d_x)·Σ level·y`, the integer sum exact.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available. Lengths are checked.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "vec_dot_iq4_nl_q8_0: block count mismatch"
+    );
+    // SAFETY: register work plus in-bounds block reads; AVX2/FMA (caller).
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for (xb, yb) in x.iter().zip(y) {
+            let q8 = _mm256_loadu_si256(yb.qs.as_ptr().cast());
+            let s = dot_i8x32(iq4_levels(&xb.qs), q8);
+            let d = _mm256_set1_ps(yb.d.to_f32() * xb.d.to_f32());
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc);
+        }
+        hsum(acc)
+    }
+}
+
+/// IQ4_XS · Q8_K: per super-block `(d·y.d)·Σ_ib (scale_ib − 32)·Σ level·y`, the integer sums
+/// exact (at most 8 · 63 · 32 · 127 · 128 < 2³¹).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available. Lengths are checked.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "vec_dot_iq4_xs_q8_k: block count mismatch"
+    );
+    // SAFETY: register work plus in-bounds reads of 16-byte index and 32-byte activation groups
+    // inside each block; AVX2/FMA (caller).
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for (xb, yb) in x.iter().zip(y) {
+            let mut sumi = _mm256_setzero_si256();
+            for ib in 0..8 {
+                let lo = (xb.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF;
+                let hi = (xb.scales_h >> (2 * ib)) & 3;
+                let ls = (i32::from(lo) | (i32::from(hi) << 4)) - 32;
+                let qs: &[u8; 16] = &*xb.qs.as_ptr().add(16 * ib).cast();
+                let q8 = _mm256_loadu_si256(yb.qs.as_ptr().add(32 * ib).cast());
+                let s = dot_i8x32(iq4_levels(qs), q8);
+                sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(s, _mm256_set1_epi32(ls)));
+            }
+            let d = _mm256_set1_ps(xb.d.to_f32() * yb.d);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum(acc)
     }
