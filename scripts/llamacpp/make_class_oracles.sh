@@ -11,7 +11,8 @@
 # Writes (each JSON records the command and the model's sha256):
 #   smollm2_ppl{,_f32,_q8_0,_q4_k_m}_ctx512_c24.json, smollm2_ppl_{q8_0,q4_k_m}_ctx8192_c1.json
 #   smollm2_logits.json + smollm2_{q4_1,f32,q8_0,q4_k_m}_logits_{0,1}.f32, smollm2_selfdiff.json
-#   variation.json: the same PPLs with flash attention off (llama.cpp against itself)
+#   variation.json: the same PPLs with flash attention off, and Q4_K_M's with repacking off
+#   (llama.cpp against itself)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 class=${1:?class: avx512 or avx2}; bin=${2:?llama.cpp build bin directory}
@@ -30,20 +31,24 @@ ppl() { bash "$root/scripts/llamacpp/perplexity.sh" "$@"; }
 ppl 512 24 2 "$fix"
 for t in f32 q8_0 q4_k_m; do ppl 512 24 2 "$work/smol-$t.gguf" $t; done
 for t in q8_0 q4_k_m; do ppl 8192 1 2 "$work/smol-$t.gguf" $t; done
-# llama.cpp against itself: the same runs with flash attention off.
-var=$work/var; mkdir -p "$var"
-OUT_DIR=$var EXTRA_ARGS="-fa off" ppl 512 24 2 "$fix"
-for t in f32 q8_0 q4_k_m; do OUT_DIR=$var EXTRA_ARGS="-fa off" ppl 512 24 2 "$work/smol-$t.gguf" $t; done
-for t in q8_0 q4_k_m; do OUT_DIR=$var EXTRA_ARGS="-fa off" ppl 8192 1 2 "$work/smol-$t.gguf" $t; done
+# llama.cpp against itself: the same runs with flash attention off, and with weight repacking off
+# (its repacked Q4_K GEMM and its plain Q4_K dot sum in other float steps, as our AVX2 tiles do).
+# At ctx 512 only (ctx 8192 costs four times as much on 2 cores); tests/common::ppl_tolerance
+# applies a file's variation to each of its oracles.
+var=$work/var; mkdir -p "$var/fa_off" "$var/no_repack"
+OUT_DIR=$var/fa_off EXTRA_ARGS="-fa off" ppl 512 24 2 "$fix"
+for t in f32 q8_0 q4_k_m; do OUT_DIR=$var/fa_off EXTRA_ARGS="-fa off" ppl 512 24 2 "$work/smol-$t.gguf" $t; done
+OUT_DIR=$var/no_repack EXTRA_ARGS="-nr" ppl 512 24 2 "$work/smol-q4_k_m.gguf" q4_k_m
 python3 - "$var" "$out/variation.json" "$class" <<'PY'
 import json, pathlib, sys
 var = pathlib.Path(sys.argv[1])
-runs = {p.name: json.loads(p.read_text()) for p in sorted(var.glob("*.json"))}
-doc = {"what": "llama-perplexity with -fa off, same build, files and settings as the oracles beside "
-               "this file (which run flash attention on, llama.cpp's CPU default)",
-       "class": sys.argv[3],
-       "runs": {k: {"command": v["command"], "ppl": v["ppl"], "model_sha256": v["model_sha256"]}
-                for k, v in runs.items()}}
+doc = {"what": "llama-perplexity against itself: the oracles beside this file re-run by the same "
+               "build on the same files and text with flash attention off (fa_off) and with weight "
+               "repacking off (no_repack; only files with repackable weights)",
+       "class": sys.argv[3], "runs": {}}
+for kind in ("fa_off", "no_repack"):
+    doc["runs"][kind] = {p.name: {k: json.loads(p.read_text())[k] for k in ("command", "ppl", "model_sha256")}
+                         for p in sorted((var / kind).glob("*.json"))}
 pathlib.Path(sys.argv[2]).write_text(json.dumps(doc, indent=1) + "\n")
 PY
 export LLAMA_CPP_LIB_PATH=$bin LONGQUANT_ORACLE_CLASS=$class
