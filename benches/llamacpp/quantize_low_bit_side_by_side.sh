@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# quantize throughput: llama-quantize vs longquant, same F32 input, 2 threads, alternating
+LQ=/work/wt-types/target/release/longquant
+LL=/work/cache/llama_cpp_python-0.3.36/vendor/llama.cpp/build-avx2/bin/llama-quantize
+cd "${WORK:-/tmp/gq}"   # holds tables/tiny.F32.gguf and smol-f32.gguf (see BENCHMARKS.md)
+t() { local s=$(date +%s.%N); "$@" >/dev/null 2>&1 || echo "FAILED $*"; echo "$(date +%s.%N) - $s" | bc; }
+for input in tables/tiny.F32.gguf smol-f32.gguf; do
+  if [ $input = smol-f32.gguf ]; then types="Q4_K_M Q4_0 Q5_1 IQ4_XS"; else types="Q2_K Q3_K_S Q3_K_M IQ4_NL IQ4_XS"; fi
+  for T in $types; do
+    a=$(t nice $LL $input ll.gguf $T 2); b=$(t nice $LQ quantize $input lq.gguf --type $T --threads 2 --force)
+    c=$(t nice $LL $input ll.gguf $T 2); d=$(t nice $LQ quantize $input lq.gguf --type $T --threads 2 --force)
+    same=$(cmp -s <(python3 -c "
+import sys,hashlib
+from gguf import GGUFReader
+for p in ['ll.gguf','lq.gguf']:
+    r=GGUFReader(p); print(hashlib.sha256(b''.join(t.data.tobytes() for t in r.tensors)).hexdigest())" | uniq | wc -l) <(echo 1) && echo same || echo DIFF)
+    echo "$input $T llama-quantize $a $c longquant $b $d tensors:$same"
+  done
+done
