@@ -172,11 +172,12 @@ fn smollm2_iq4_xs_ppl_ctx512_matches_llama_perplexity() {
     // Not bit-exact on any host: llama.cpp runs these types through its SIMD (and, for IQ4_NL,
     // repacked GEMM) kernels, we through the quants crate's row dots in ggml's generic order, so
     // f32 sums differ in the last bits and some 8-bit activation roundings flip. Measured on the
-    // 2-core AVX2 host where the oracle was recorded: ours 21.2790 vs 21.1885, +0.43 %; the same
-    // kind of noise is ±0.1-0.12 % at 24 chunks (module comment), about √6 times that at 4
-    // chunks. 1 % leaves room for that noise; layout or level-table errors are caught exactly by
-    // the golden and gguf-py tests of the quants crate.
-    let tol = 1e-2;
+    // 2-core AVX2 host where the oracle was recorded: with the scalar IQ4 dots 21.2790 (+0.43 %),
+    // with the AVX2 ones (same integer sums, other f32 accumulation order) 21.3306 (+0.67 %), so
+    // rounding alone moves this 1,020-token PPL by a few tenths of a percent (the module comment
+    // finds ±0.1-0.12 % at 24 chunks). 1.5 % is about twice the worst measured; layout or
+    // level-table errors are caught exactly by the golden and gguf-py tests of the quants crate.
+    let tol = 1.5e-2;
     assert!(
         rel <= tol,
         "IQ4_XS: PPL {got:.4} vs llama.cpp {want:.4}: relative {rel:.2e} > {tol:.0e}"
