@@ -6,8 +6,11 @@
 //! (tests/convert_synth.rs includes this file as a module and calls [`generate`].)
 //!
 //! ```text
-//! cargo run --release --example synth_checkpoint -- --preset prolong-8b-64k|tiny --out DIR [--seed S] [--tokenizer DIR]
+//! cargo run --release --example synth_checkpoint -- --preset prolong-8b-64k|tiny --out DIR [--seed S] [--tokenizer DIR] [--layers N]
 //! ```
+//!
+//! `--layers N` keeps the preset's shapes but only its first N layers (an 8B-shaped model small
+//! enough to benchmark on a small machine: every matrix and the output head at full size).
 //!
 //! Weights (deterministic in the seed, whatever the thread count): every row of a matrix has its
 //! own scale (log-normal spread around a per-kind base), a few input channels are scaled up 3-6×
@@ -505,7 +508,19 @@ pub fn generate(
     tok_dir: &Path,
     verbose: bool,
 ) -> Result<Summary, String> {
-    let p = match preset {
+    generate_layers(preset, None, out, seed, tok_dir, verbose)
+}
+
+/// [`generate`] with only the first `layers` layers of the preset (all of them when `None`).
+pub fn generate_layers(
+    preset: &str,
+    layers: Option<u64>,
+    out: &Path,
+    seed: u64,
+    tok_dir: &Path,
+    verbose: bool,
+) -> Result<Summary, String> {
+    let mut p = match preset {
         "prolong-8b-64k" => PROLONG_8B,
         "tiny" => TINY,
         other => {
@@ -514,6 +529,15 @@ pub fn generate(
             ))
         }
     };
+    if let Some(n) = layers {
+        if n == 0 || n > p.layers {
+            return Err(format!(
+                "--layers must be 1..={} for {preset} (got {n})",
+                p.layers
+            ));
+        }
+        p.layers = n;
+    }
     std::fs::create_dir_all(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
     let start = Instant::now();
     let ts = tensors(&p);
@@ -564,6 +588,7 @@ fn run() -> Result<(), String> {
     let mut preset = None;
     let mut out = None;
     let mut seed = 0u64;
+    let mut layers = None;
     let mut tok_dir =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/cache/llama3-tokenizer");
     let mut args = std::env::args().skip(1);
@@ -574,8 +599,9 @@ fn run() -> Result<(), String> {
             "--out" => out = Some(PathBuf::from(val()?)),
             "--seed" => seed = val()?.parse().map_err(|e| format!("--seed: {e}"))?,
             "--tokenizer" => tok_dir = PathBuf::from(val()?),
+            "--layers" => layers = Some(val()?.parse().map_err(|e| format!("--layers: {e}"))?),
             "-h" | "--help" => {
-                println!("synth_checkpoint --preset prolong-8b-64k|tiny --out DIR [--seed S] [--tokenizer DIR]");
+                println!("synth_checkpoint --preset prolong-8b-64k|tiny --out DIR [--seed S] [--tokenizer DIR] [--layers N]");
                 return Ok(());
             }
             other => return Err(format!("unknown argument {other}")),
@@ -583,7 +609,7 @@ fn run() -> Result<(), String> {
     }
     let preset = preset.ok_or("--preset prolong-8b-64k|tiny is required")?;
     let out = out.ok_or("--out DIR is required")?;
-    let s = generate(&preset, &out, seed, &tok_dir, true)?;
+    let s = generate_layers(&preset, layers, &out, seed, &tok_dir, true)?;
     println!(
         "wrote {} ({} shards, {:.3} GB of weights, {:.3} GB on disk) in {:.1} s ({:.0} MB/s)",
         out.display(),

@@ -720,12 +720,6 @@ impl RowState {
             acc: vec![0.0; rows * hd],
         }
     }
-
-    fn reset(&mut self) {
-        self.m.fill(f32::NEG_INFINITY);
-        self.l.fill(0.0);
-        self.acc.fill(0.0);
-    }
 }
 
 /// The query rows of one task for one KV head: row `r` is query head `gk·group + r % group`
@@ -922,19 +916,27 @@ fn attention_with(kern: AttnKernel, q: &mut [f32], p0: usize, kv: &LayerKv, h: &
         return;
     }
     if n >= SPLIT_BELOW {
+        // One task per query block × KV head (causal blocks differ in cost, so the small
+        // tasks let rayon balance them); a block's heads are written back once all are done.
         q.par_chunks_mut(BQ * d).enumerate().for_each(|(bi, qblk)| {
             let i0 = p0 + bi * BQ;
             let nr = (qblk.len() / d) * h.group;
             let last_sb = (i0 + qblk.len() / d - 1) / SB;
-            let mut sc = Scratch::new(nr, h.hd);
-            let mut st = RowState::new(nr, h.hd);
-            for g in 0..h.nkv {
-                let rows = Rows::gather(qblk, i0, g, &h);
-                st.reset();
-                for sb in 0..=last_sb {
-                    attend_superblock(kern, &rows, kv, g, sb, &mut st, &mut sc, &h);
-                }
-                rows.scatter(&st, qblk, g, &h);
+            let qb: &[f32] = qblk;
+            let done: Vec<(Rows, RowState)> = (0..h.nkv)
+                .into_par_iter()
+                .map(|g| {
+                    let mut sc = Scratch::new(nr, h.hd);
+                    let mut st = RowState::new(nr, h.hd);
+                    let rows = Rows::gather(qb, i0, g, &h);
+                    for sb in 0..=last_sb {
+                        attend_superblock(kern, &rows, kv, g, sb, &mut st, &mut sc, &h);
+                    }
+                    (rows, st)
+                })
+                .collect();
+            for (g, (rows, st)) in done.iter().enumerate() {
+                rows.scatter(st, qblk, g, &h);
             }
         });
     } else {

@@ -5,10 +5,10 @@
 //! that pairing. Every dot and every activation quantizer goes through the quants crate's
 //! run-time kernel table ([`longquant_quants::simd::kernels`]: AVX2 where the CPU has it).
 //!
-//! Parallel layout: for a batch of tokens the work is cut into token tiles (one rayon task each);
-//! a task walks the weight matrix in blocks of [`ROW_BLOCK`] rows and, for each block, runs every
-//! token of its tile against it, so a block of weights is read from memory once per tile and then
-//! served from L1 while the tile's activations stay in L2. Few tokens are split over rows.
+//! Parallel layout: every product goes through [`super::schedule`], which cuts it into output-row
+//! × token-tile tasks from the shapes and the thread count; the per-format modules supply only
+//! the tile kernels.
+use super::schedule::{self, Shape, ROW_BLOCK};
 use super::weights::{Weight, WeightData};
 use super::{mm_float, mm_kquant, mm_legacy};
 use longquant_quants::block::{
@@ -17,19 +17,6 @@ use longquant_quants::block::{
 use longquant_quants::simd::{kernels, Kernels};
 use longquant_quants::QK_K;
 use rayon::prelude::*;
-
-/// Weight rows per inner block: 16 rows of a 4096-wide Q4_K matrix are 36 KiB, about L1 size.
-pub(crate) const ROW_BLOCK: usize = 16;
-/// Most tokens per task.
-pub(crate) const MAX_TILE: usize = 256;
-
-/// Tokens per batch task: one task per thread, at most `cap`. Every task re-reads (and the
-/// tiled kernels re-pack) the whole weight matrix, so fewer, wider tasks cut that stream;
-/// at ctx 512 on 2 threads this took Q8_0 from 590 to 720 tokens/s, Q4_K_M from 600 to 685
-/// and F32 from 460 to 560 (four tasks per thread of at most 64 tokens before).
-pub(crate) fn token_tile(n_tok: usize, threads: usize, cap: usize) -> usize {
-    n_tok.div_ceil(threads.max(1)).clamp(1, cap.max(1))
-}
 
 /// The activation encoding a weight type is multiplied with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,48 +220,35 @@ pub(crate) fn matmul(k: &Kernels, w: &Weight<'_>, acts: &Acts, n_tok: usize, out
     }
 }
 
-/// The tiled product: `dot(w_row, t)` is one weight row against token `t`'s activations.
-/// The generic fallback of the per-format modules (`mm_float`, `mm_legacy`, `mm_kquant`).
+/// The row-dot product through the scheduler: `dot(w_row, t)` is one weight row (`wbpr`
+/// elements) against token `t`'s activations (`act_bytes` per token). The generic fallback of the
+/// per-format modules (`mm_float`, `mm_legacy`, `mm_kquant`) where no tile kernel runs.
 pub(crate) fn mm<W: Sync>(
     w: &[W],
     wbpr: usize,
     n_tok: usize,
     rows: usize,
+    act_bytes: usize,
     out: &mut [f32],
     dot: impl Fn(&[W], usize) -> f32 + Sync,
 ) {
-    let threads = rayon::current_num_threads().max(1);
-    if n_tok >= 2 * threads {
-        // Enough tokens: tile over tokens (outputs of a tile are contiguous).
-        let tile = token_tile(n_tok, threads, MAX_TILE);
-        out.par_chunks_mut(tile * rows)
-            .enumerate()
-            .for_each(|(ti, o)| {
-                let t0 = ti * tile;
-                let nt = o.len() / rows;
-                for r0 in (0..rows).step_by(ROW_BLOCK) {
-                    let r1 = (r0 + ROW_BLOCK).min(rows);
-                    for t in 0..nt {
-                        let ot = &mut o[t * rows..(t + 1) * rows];
-                        for (r, v) in ot.iter_mut().enumerate().take(r1).skip(r0) {
-                            *v = dot(&w[r * wbpr..(r + 1) * wbpr], t0 + t);
-                        }
-                    }
+    let shape = Shape {
+        rows,
+        n_tok,
+        act_bytes,
+        tok_align: 1,
+    };
+    schedule::run(&shape, out, |task, o, stride| {
+        // A block of rows meets every token of the task while it sits in L1.
+        for b0 in (task.r0..task.r1).step_by(ROW_BLOCK) {
+            let b1 = (b0 + ROW_BLOCK).min(task.r1);
+            for t in 0..task.nt {
+                for r in b0..b1 {
+                    o[t * stride + r - task.r0] = dot(&w[r * wbpr..(r + 1) * wbpr], task.t0 + t);
                 }
-            });
-    } else {
-        // Few tokens (decoding): split each token's outputs over rows.
-        let chunk = rows.div_ceil(8 * threads).max(ROW_BLOCK);
-        for (t, ot) in out.chunks_mut(rows).enumerate().take(n_tok) {
-            ot.par_chunks_mut(chunk).enumerate().for_each(|(bi, o)| {
-                let r0 = bi * chunk;
-                for (i, v) in o.iter_mut().enumerate() {
-                    let r = r0 + i;
-                    *v = dot(&w[r * wbpr..(r + 1) * wbpr], t);
-                }
-            });
+            }
         }
-    }
+    })
 }
 
 /// A register-tiled Q8_0·Q8_0 product for AVX2: each weight block is loaded and made unsigned
@@ -284,12 +258,11 @@ pub(crate) fn mm<W: Sync>(
 /// one token alone (decoding) gives bit-identical results to a batch.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod q8x {
-    use super::{BlockQ8_0, MAX_TILE, ROW_BLOCK};
-    use rayon::prelude::*;
+    use super::BlockQ8_0;
     use std::arch::x86_64::*;
 
     /// Tokens per inner call.
-    pub(super) const NT: usize = 4;
+    pub(crate) const NT: usize = 4;
 
     pub(crate) fn available() -> bool {
         std::arch::is_x86_feature_detected!("avx2")
@@ -346,9 +319,9 @@ pub(crate) mod q8x {
     }
 
     /// Rows `r0..r1` of tokens `t0..t0 + nt` into `o` (token-major, `stride` per token, row
-    /// `r` of token `t` at `t·stride + r − r0`).
+    /// `r` of token `t` at `t·stride + r − r0`). Call only when [`available`].
     #[allow(clippy::too_many_arguments)]
-    fn tile(
+    pub(crate) fn tile(
         w: &[BlockQ8_0],
         bpr: usize,
         a: &[BlockQ8_0],
@@ -359,11 +332,12 @@ pub(crate) mod q8x {
         r1: usize,
         o: &mut [f32],
     ) {
+        assert!(available(), "q8x tile: AVX2/FMA/F16C not available");
         for r in r0..r1 {
             let wr = &w[r * bpr..(r + 1) * bpr];
             let mut t = 0;
             while t + NT <= nt {
-                // SAFETY: `available()` was checked by the caller of `matmul_q8_0`.
+                // SAFETY: `available()` was asserted above.
                 let v = unsafe { row_dot::<NT>(wr, a, t0 + t) };
                 for (i, x) in v.into_iter().enumerate() {
                     o[(t + i) * stride + r - r0] = x;
@@ -375,39 +349,6 @@ pub(crate) mod q8x {
                 let [x] = unsafe { row_dot::<1>(wr, a, t0 + t) };
                 o[t * stride + r - r0] = x;
                 t += 1;
-            }
-        }
-    }
-
-    /// The Q8_0 matmul with [`super::mm`]'s parallel layout. Call only when [`available`].
-    pub(crate) fn matmul_q8_0(
-        w: &[BlockQ8_0],
-        bpr: usize,
-        a: &[BlockQ8_0],
-        n_tok: usize,
-        rows: usize,
-        out: &mut [f32],
-    ) {
-        let threads = rayon::current_num_threads().max(1);
-        if n_tok >= 2 * threads {
-            let tile_n = super::token_tile(n_tok, threads, MAX_TILE);
-            out.par_chunks_mut(tile_n * rows)
-                .enumerate()
-                .for_each(|(ti, o)| {
-                    let nt = o.len() / rows;
-                    for r0 in (0..rows).step_by(ROW_BLOCK) {
-                        let r1 = (r0 + ROW_BLOCK).min(rows);
-                        tile(w, bpr, a, ti * tile_n, nt, rows, r0, r1, &mut o[r0..]);
-                    }
-                });
-        } else {
-            let chunk = rows.div_ceil(8 * threads).max(ROW_BLOCK);
-            for (t, ot) in out.chunks_mut(rows).enumerate().take(n_tok) {
-                ot.par_chunks_mut(chunk).enumerate().for_each(|(bi, o)| {
-                    let r0 = bi * chunk;
-                    let r1 = r0 + o.len();
-                    tile(w, bpr, a, t, 1, o.len(), r0, r1, o);
-                });
             }
         }
     }

@@ -7,14 +7,15 @@
 //! `RM` weight rows × `RN` tokens at once: per step along `cols` it loads `RM` weight vectors
 //! (F16/BF16 widened on load) and `RN` activation vectors and issues `RM·RN` FMAs, so each load
 //! feeds several products instead of one (the idea of llamafile's tinyBLAS `sgemm`, which ggml
-//! uses for these types). Elsewhere the generic row-by-row driver `kernels::mm` runs.
+//! uses for these types). Elsewhere the generic row-by-row driver `kernels::mm` runs. Both go
+//! through the one scheduler (`schedule::run`), which decides the rows × tokens of each call.
 //!
 //! Determinism: every (row, token) pair owns one accumulator register whose lane `j` sums
 //! `w[k]·a[k]` for `k ≡ j (mod lanes)` in increasing `k` (the ragged end is a masked or
 //! zero-padded load into the same lanes), followed by one fixed horizontal reduction. Nothing
 //! depends on the tile shape, where a row or token falls in a tile, or how many tokens are
 //! multiplied together, so decoding one token at a time gives bit-identical logits to a batch.
-use super::kernels::{mm, MAX_TILE};
+use super::kernels::mm;
 use half::{bf16, f16};
 use longquant_quants::simd::Kernels;
 
@@ -32,7 +33,7 @@ pub(crate) fn matmul_f32(
     if let Some(isa) = x86::Isa::detect() {
         return x86::matmul(isa, w, cols, a, n_tok, rows, out);
     }
-    mm(w, cols, n_tok, rows, out, |wr, t| {
+    mm(w, cols, n_tok, rows, 4 * cols, out, |wr, t| {
         (k.vec_dot_f32)(wr, &a[t * cols..(t + 1) * cols])
     })
 }
@@ -51,7 +52,7 @@ pub(crate) fn matmul_f16(
     if let Some(isa) = x86::Isa::detect() {
         return x86::matmul(isa, w, cols, a, n_tok, rows, out);
     }
-    mm(w, cols, n_tok, rows, out, |wr, t| {
+    mm(w, cols, n_tok, rows, 4 * cols, out, |wr, t| {
         (k.vec_dot_f16_f32)(wr, &a[t * cols..(t + 1) * cols])
     })
 }
@@ -70,16 +71,15 @@ pub(crate) fn matmul_bf16(
     if let Some(isa) = x86::Isa::detect() {
         return x86::matmul(isa, w, cols, a, n_tok, rows, out);
     }
-    mm(w, cols, n_tok, rows, out, |wr, t| {
+    mm(w, cols, n_tok, rows, 4 * cols, out, |wr, t| {
         (k.vec_dot_bf16_f32)(wr, &a[t * cols..(t + 1) * cols])
     })
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::MAX_TILE;
+    use crate::model::schedule::{self, Shape};
     use half::{bf16, f16};
-    use rayon::prelude::*;
     use std::arch::x86_64::*;
 
     /// Which tiled kernel family runs.
@@ -474,11 +474,8 @@ mod x86 {
         }
     }
 
-    /// Activation bytes a token tile may occupy (half of a 1 MiB L2, leaving room for weights).
-    const TILE_ACT_BYTES: usize = 512 * 1024;
-
-    /// The tiled product with `kernels::mm`'s parallel layout: token tiles for batches, row
-    /// chunks (all tokens together) for a few tokens. `isa` must be [`Isa::available`].
+    /// The tiled product through the scheduler (`schedule::run`). `isa` must be
+    /// [`Isa::available`].
     pub(super) fn matmul<W: Elem>(
         isa: Isa,
         w: &[W],
@@ -488,40 +485,20 @@ mod x86 {
         rows: usize,
         out: &mut [f32],
     ) {
-        if rows == 0 || n_tok == 0 {
-            return;
-        }
-        let threads = rayon::current_num_threads().max(1);
-        if n_tok >= 2 * threads {
-            let cap = (TILE_ACT_BYTES / (4 * cols.max(1))).clamp(RN512, MAX_TILE);
-            let tile = crate::model::kernels::token_tile(n_tok, threads, cap);
-            out[..n_tok * rows]
-                .par_chunks_mut(tile * rows)
-                .enumerate()
-                .for_each(|(ti, o)| {
-                    let nt = o.len() / rows;
-                    block(isa, w, cols, a, ti * tile, nt, 0, rows, o, rows);
-                });
-        } else {
-            let chunk = rows.div_ceil(8 * threads).next_multiple_of(RM).max(16);
-            let parts: Vec<Vec<f32>> = (0..rows.div_ceil(chunk))
-                .into_par_iter()
-                .map(|c| {
-                    let r0 = c * chunk;
-                    let r1 = (r0 + chunk).min(rows);
-                    let mut o = vec![0.0; n_tok * (r1 - r0)];
-                    block(isa, w, cols, a, 0, n_tok, r0, r1, &mut o, r1 - r0);
-                    o
-                })
-                .collect();
-            for (c, part) in parts.iter().enumerate() {
-                let r0 = c * chunk;
-                let len = part.len() / n_tok;
-                for (t, src) in part.chunks_exact(len).enumerate() {
-                    out[t * rows + r0..t * rows + r0 + len].copy_from_slice(src);
-                }
-            }
-        }
+        let shape = Shape {
+            rows,
+            n_tok,
+            act_bytes: 4 * cols,
+            tok_align: match isa {
+                Isa::Avx512 => RN512,
+                Isa::Avx2 => RN256,
+            },
+        };
+        schedule::run(&shape, out, |task, o, stride| {
+            block(
+                isa, w, cols, a, task.t0, task.nt, task.r0, task.r1, o, stride,
+            )
+        })
     }
 }
 
@@ -717,29 +694,33 @@ mod tests {
         }
     }
 
-    /// The same bits on one rayon thread as on several (the layout switches between token
-    /// tiles and row chunks with the thread count).
+    /// The same bits on one rayon thread as on several, hence whatever the scheduler's split
+    /// (token tiles only, rows × tokens through the staging buffer, rows only for one token).
     #[test]
     fn same_bits_at_any_thread_count() {
-        let (cols, rows, n_tok) = (70, 29, 11);
+        let (cols, rows) = (70, 29);
         let w = values(rows * cols, 5);
-        let a = values(n_tok * cols, 6);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("thread pool");
-            let mut out = vec![0.0; n_tok * rows];
-            pool.install(|| matmul_f32(kernels(), &w, cols, &a, n_tok, rows, &mut out));
-            out
-        };
-        let one = run(1);
-        for threads in [2, 3, 8] {
-            let many = run(threads);
-            assert!(one
-                .iter()
-                .zip(&many)
-                .all(|(x, y)| x.to_bits() == y.to_bits()));
+        for n_tok in [1usize, 11, 300] {
+            let a = values(n_tok * cols, 6);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("thread pool");
+                let mut out = vec![0.0; n_tok * rows];
+                pool.install(|| matmul_f32(kernels(), &w, cols, &a, n_tok, rows, &mut out));
+                out
+            };
+            let one = run(1);
+            for threads in [2, 3, 8, 16] {
+                let many = run(threads);
+                assert!(
+                    one.iter()
+                        .zip(&many)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "n_tok {n_tok} threads {threads}"
+                );
+            }
         }
     }
 }

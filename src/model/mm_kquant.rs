@@ -40,10 +40,10 @@
 use super::kernels::mm;
 #[cfg(target_arch = "x86_64")]
 use super::mm_kquant_avx2 as x256;
+#[cfg(target_arch = "x86_64")]
+use super::schedule::{self, Shape, Task};
 use longquant_quants::block::{q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k::BlockQ6K, q8_k::BlockQ8K};
 use longquant_quants::simd::Kernels;
-#[cfg(target_arch = "x86_64")]
-use rayon::prelude::*;
 
 /// Tokens per tile-kernel call.
 #[cfg(target_arch = "x86_64")]
@@ -159,9 +159,15 @@ fn matmul_q4k_with(
             x256::q4k::<NT2>,
             x256::q4k::<1>,
         ),
-        Variant::Rows => mm(w, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q4_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
+        Variant::Rows => mm(
+            w,
+            bpr,
+            n_tok,
+            rows,
+            bpr * size_of::<BlockQ8K>(),
+            out,
+            |wr, t| (k.vec_dot_q4_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr]),
+        ),
     }
 }
 
@@ -205,9 +211,15 @@ fn matmul_q5k_with(
             x256::q5k::<NT2>,
             x256::q5k::<1>,
         ),
-        Variant::Rows => mm(w, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q5_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
+        Variant::Rows => mm(
+            w,
+            bpr,
+            n_tok,
+            rows,
+            bpr * size_of::<BlockQ8K>(),
+            out,
+            |wr, t| (k.vec_dot_q5_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr]),
+        ),
     }
 }
 
@@ -251,9 +263,15 @@ fn matmul_q6k_with(
             x256::q6k::<NT2>,
             x256::q6k::<1>,
         ),
-        Variant::Rows => mm(w, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q6_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
+        Variant::Rows => mm(
+            w,
+            bpr,
+            n_tok,
+            rows,
+            bpr * size_of::<BlockQ8K>(),
+            out,
+            |wr, t| (k.vec_dot_q6_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr]),
+        ),
     }
 }
 
@@ -302,10 +320,8 @@ unsafe fn block<W, const N: usize>(
     }
 }
 
-/// The parallel driver of the tile kernels. Many tokens: token tiles, one rayon task each (the
-/// outputs of a tile are contiguous). Few tokens (decoding, short batches): rows are split over
-/// tasks and each task runs all tokens against its rows, so weights stream from memory once.
-/// Call only with kernels whose CPU features are available.
+/// The tile kernels through the scheduler (`schedule::run`): each task runs [`block`] on its
+/// rows and tokens. Call only with kernels whose CPU features are available.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn drive<W: Sync, const N: usize>(
@@ -318,56 +334,17 @@ fn drive<W: Sync, const N: usize>(
     k4: TileFn<W, N>,
     k1: TileFn<W, 1>,
 ) {
-    use super::kernels::{token_tile, MAX_TILE, ROW_BLOCK};
-    if rows == 0 || n_tok == 0 {
-        return;
-    }
-    let threads = rayon::current_num_threads().max(1);
-    if n_tok >= 2 * threads {
-        // Tiles of a multiple of N tokens, one task per thread (see `token_tile`).
-        let tile = token_tile(n_tok, threads, MAX_TILE)
-            .next_multiple_of(N)
-            .min(MAX_TILE);
-        out[..n_tok * rows]
-            .par_chunks_mut(tile * rows)
-            .enumerate()
-            .for_each(|(ti, o)| {
-                let nt = o.len() / rows;
-                // SAFETY: the caller checked the features of `k4`/`k1`.
-                unsafe { block(w, bpr, a, (ti * tile, nt, rows), (0, rows), o, k4, k1) }
-            });
-    } else if n_tok == 1 {
-        let chunk = rows.div_ceil(8 * threads).max(ROW_BLOCK);
-        out[..rows]
-            .par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(bi, o)| {
-                let r0 = bi * chunk;
-                let n = o.len();
-                // SAFETY: as above.
-                unsafe { block(w, bpr, a, (0, 1, n), (r0, r0 + n), o, k4, k1) }
-            });
-    } else {
-        // Chunk `bi` (rows r0..r0+n) is written token-major into tmp[r0 * n_tok..], then
-        // scattered to the caller's token-major layout.
-        let chunk = rows.div_ceil(8 * threads).max(ROW_BLOCK);
-        let mut tmp = vec![0.0f32; rows * n_tok];
-        tmp.par_chunks_mut(chunk * n_tok)
-            .enumerate()
-            .for_each(|(bi, o)| {
-                let r0 = bi * chunk;
-                let n = o.len() / n_tok;
-                // SAFETY: as above.
-                unsafe { block(w, bpr, a, (0, n_tok, n), (r0, r0 + n), o, k4, k1) }
-            });
-        for (bi, o) in tmp.chunks(chunk * n_tok).enumerate() {
-            let r0 = bi * chunk;
-            let n = o.len() / n_tok;
-            for (t, ot) in o.chunks_exact(n).enumerate() {
-                out[t * rows + r0..t * rows + r0 + n].copy_from_slice(ot);
-            }
-        }
-    }
+    let shape = Shape {
+        rows,
+        n_tok,
+        act_bytes: bpr * size_of::<BlockQ8K>(),
+        tok_align: N,
+    };
+    schedule::run(&shape, out, |task, o, stride| {
+        let Task { t0, nt, r0, r1 } = task;
+        // SAFETY: the caller checked the features of `k4`/`k1`.
+        unsafe { block(w, bpr, a, (t0, nt, stride), (r0, r1), o, k4, k1) }
+    })
 }
 
 /// AVX-512 (F, BW, VL, VNNI) tile kernels.
@@ -1100,5 +1077,45 @@ mod tests {
             tiled_q6k,
             matmul_q6k_with,
         );
+    }
+
+    /// The same bits whatever the thread count, hence whatever the scheduler's split (token
+    /// tiles only, rows × tokens through the staging buffer, rows only for one token), for
+    /// every variant and format.
+    #[test]
+    fn same_bits_at_any_thread_count() {
+        fn run<W: Sync>(v: Variant, k: &Kernels, m: MatmulFn<W>, w: &[W], a: &[BlockQ8K]) {
+            let (bpr, rows) = (2usize, w.len() / 2);
+            for n_tok in [1usize, 3, 37, 300] {
+                let at = &a[..n_tok * bpr];
+                let go = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("thread pool");
+                    let mut out = vec![f32::NAN; n_tok * rows];
+                    pool.install(|| m(v, k, w, bpr, at, n_tok, rows, &mut out));
+                    out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                };
+                let one = go(1);
+                for threads in [2, 3, 16] {
+                    assert!(one == go(threads), "{v:?} n_tok {n_tok} threads {threads}");
+                }
+            }
+        }
+        let (bpr, rows) = (2usize, 70usize);
+        let x = values(rows * bpr * QK_K, 3);
+        let a = acts(300, bpr, 4);
+        let mut w4 = vec![BlockQ4K::default(); rows * bpr];
+        q4_k::quantize_row_q4_k_ref(&x, &mut w4);
+        let mut w5 = vec![BlockQ5K::default(); rows * bpr];
+        q5_k::quantize_row_q5_k_ref(&x, &mut w5);
+        let mut w6 = vec![BlockQ6K::default(); rows * bpr];
+        q6_k::quantize_row_q6_k_ref(&x, &mut w6);
+        for (v, k) in variants() {
+            run(v, k, matmul_q4k_with, &w4, &a);
+            run(v, k, matmul_q5k_with, &w5, &a);
+            run(v, k, matmul_q6k_with, &w6, &a);
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! Entry points called by `kernels::matmul`: `out[t * rows + r] = w[r] · a[t]`. On x86-64 with
 //! AVX2 (and, where present, AVX-512 VNNI) a register-tiled kernel ([`x86`]) unpacks each
 //! weight block once and multiplies it against several tokens, for several rows at a time;
-//! elsewhere the generic row-by-row driver [`mm`] runs the quants crate's dot products.
+//! elsewhere the generic row-by-row driver [`mm`] runs the quants crate's dot products. Both go
+//! through the one scheduler (`schedule::run`), which decides the rows × tokens of each call.
 //!
 //! Numerics: the tiled kernel computes, per (row, token), exactly what the quants crate's AVX2
 //! dot computes (the same exact integer lane sums, the same `d_w·d_a` products, the same f32
@@ -33,9 +34,15 @@ pub(crate) fn matmul_q4_0(
     if let Some(isa) = x86::best() {
         return x86::matmul(isa, w, bpr, a, n_tok, rows, out);
     }
-    mm(w, bpr, n_tok, rows, out, |wr, t| {
-        (k.vec_dot_q4_0_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
-    })
+    mm(
+        w,
+        bpr,
+        n_tok,
+        rows,
+        bpr * size_of::<BlockQ8_0>(),
+        out,
+        |wr, t| (k.vec_dot_q4_0_q8_0)(wr, &a[t * bpr..(t + 1) * bpr]),
+    )
 }
 
 /// `out[t * rows + r] = w[r] · a[t]` for BlockQ5_0 weights (bpr blocks per row).
@@ -52,9 +59,15 @@ pub(crate) fn matmul_q5_0(
     if let Some(isa) = x86::best() {
         return x86::matmul(isa, w, bpr, a, n_tok, rows, out);
     }
-    mm(w, bpr, n_tok, rows, out, |wr, t| {
-        (k.vec_dot_q5_0_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
-    })
+    mm(
+        w,
+        bpr,
+        n_tok,
+        rows,
+        bpr * size_of::<BlockQ8_0>(),
+        out,
+        |wr, t| (k.vec_dot_q5_0_q8_0)(wr, &a[t * bpr..(t + 1) * bpr]),
+    )
 }
 
 /// `out[t * rows + r] = w[r] · a[t]` for BlockQ8_0 weights (bpr blocks per row): the VNNI tile
@@ -71,20 +84,20 @@ pub(crate) fn matmul_q8_0(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        // Decoding (a token or two) streams every weight once and is bound by memory, where
-        // q8x's one-row-at-a-time walk measured faster (~90 vs ~60 tokens/s at ~1K context)
-        // than the 4-row tile's four interleaved streams.
-        let batch = n_tok >= 2 * rayon::current_num_threads().max(1);
-        if batch && x86::best() == Some(x86::Isa::Vnni) {
-            return x86::matmul(x86::Isa::Vnni, w, bpr, a, n_tok, rows, out);
-        }
-        if super::kernels::q8x::available() {
-            return super::kernels::q8x::matmul_q8_0(w, bpr, a, n_tok, rows, out);
+        let vnni = x86::best() == Some(x86::Isa::Vnni);
+        if vnni || super::kernels::q8x::available() {
+            return x86::matmul_q8_0(vnni, w, bpr, a, n_tok, rows, out);
         }
     }
-    mm(w, bpr, n_tok, rows, out, |wr, t| {
-        (k.vec_dot_q8_0_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
-    })
+    mm(
+        w,
+        bpr,
+        n_tok,
+        rows,
+        bpr * size_of::<BlockQ8_0>(),
+        out,
+        |wr, t| (k.vec_dot_q8_0_q8_0)(wr, &a[t * bpr..(t + 1) * bpr]),
+    )
 }
 
 /// `out[t * rows + r] = w[r] · a[t]` for BlockQ4_1 weights (bpr blocks per row).
@@ -101,9 +114,15 @@ pub(crate) fn matmul_q4_1(
     if let Some(isa) = x86::best() {
         return x86::matmul(isa, w, bpr, a, n_tok, rows, out);
     }
-    mm(w, bpr, n_tok, rows, out, |wr, t| {
-        (k.vec_dot_q4_1_q8_1)(wr, &a[t * bpr..(t + 1) * bpr])
-    })
+    mm(
+        w,
+        bpr,
+        n_tok,
+        rows,
+        bpr * size_of::<BlockQ8_1>(),
+        out,
+        |wr, t| (k.vec_dot_q4_1_q8_1)(wr, &a[t * bpr..(t + 1) * bpr]),
+    )
 }
 
 /// `out[t * rows + r] = w[r] · a[t]` for BlockQ5_1 weights (bpr blocks per row).
@@ -120,9 +139,15 @@ pub(crate) fn matmul_q5_1(
     if let Some(isa) = x86::best() {
         return x86::matmul(isa, w, bpr, a, n_tok, rows, out);
     }
-    mm(w, bpr, n_tok, rows, out, |wr, t| {
-        (k.vec_dot_q5_1_q8_1)(wr, &a[t * bpr..(t + 1) * bpr])
-    })
+    mm(
+        w,
+        bpr,
+        n_tok,
+        rows,
+        bpr * size_of::<BlockQ8_1>(),
+        out,
+        |wr, t| (k.vec_dot_q5_1_q8_1)(wr, &a[t * bpr..(t + 1) * bpr]),
+    )
 }
 
 /// The register-tiled kernels. A tile is `NR` weight rows × `NT` tokens: for every block
@@ -133,8 +158,8 @@ pub(crate) fn matmul_q5_1(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
-    use crate::model::kernels::{token_tile, MAX_TILE, ROW_BLOCK};
-    use rayon::prelude::*;
+    use crate::model::kernels::q8x;
+    use crate::model::schedule::{self, Shape, ROW_BLOCK};
     use std::arch::x86_64::*;
 
     /// An instruction-set variant of the tiled kernel.
@@ -896,9 +921,13 @@ mod x86 {
         }
     }
 
+    /// Tokens of a task from which the packed kernel ([`batch`]) runs instead of the direct
+    /// one ([`block`]): unpacking a row block once pays off only when more tokens than one
+    /// tile (4) share it. Both give the same bits.
+    const PACK_FROM: usize = 8;
+
     /// `out[t·rows + r] = w[r] · a[t]` with `isa`'s kernel, which the caller checked is
-    /// available. Batches are cut into token tiles (one rayon task each) that walk the
-    /// weights in blocks of [`ROW_BLOCK`] rows; one token (decoding) is cut over rows.
+    /// available, through the scheduler (`schedule::run`).
     pub(super) fn matmul<W: WBlock, A: ABlock>(
         isa: Isa,
         w: &[W],
@@ -916,34 +945,73 @@ mod x86 {
             !(W::WIDE && isa == Isa::Avx2),
             "tiled legacy matmul: 8-bit codes need the VNNI variant"
         );
-        let out = &mut out[..n_tok * rows];
-        let threads = rayon::current_num_threads().max(1);
-        if n_tok >= 2 * threads {
-            let tile_n = token_tile(n_tok, threads, MAX_TILE);
-            out.par_chunks_mut(tile_n * rows)
-                .enumerate()
-                .for_each(|(ti, o)| {
-                    let nt = o.len() / rows;
-                    // SAFETY: `isa` is available (asserted above).
-                    unsafe {
-                        match isa {
-                            Isa::Avx2 => batch_avx2(w, a, bpr, ti * tile_n, nt, rows, o, rows),
-                            Isa::Vnni => batch_vnni(w, a, bpr, ti * tile_n, nt, rows, o, rows),
-                        }
-                    }
-                });
-        } else {
-            // Few tokens: every task takes a run of rows (a multiple of the widest tile) for
-            // one token; a few chunks per thread let rayon balance uneven cores.
-            let chunk = rows.div_ceil(4 * threads).next_multiple_of(4).max(4);
-            for (t, ot) in out.chunks_mut(rows).enumerate() {
-                ot.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
-                    let r0 = ci * chunk;
-                    let r1 = r0 + o.len();
-                    run(isa, w, a, bpr, t, 1, r0, r1, o, rows);
-                });
+        let shape = Shape {
+            rows,
+            n_tok,
+            act_bytes: bpr * size_of::<A>(),
+            tok_align: 4,
+        };
+        schedule::run(&shape, out, |task, o, stride| {
+            run_task(isa, w, a, bpr, task, o, stride)
+        })
+    }
+
+    /// One scheduler task with `isa`'s kernel: rows `task.r0..task.r1` of tokens
+    /// `task.t0..task.t0 + task.nt` into `o[t·stride + r − task.r0]`.
+    fn run_task<W: WBlock, A: ABlock>(
+        isa: Isa,
+        w: &[W],
+        a: &[A],
+        bpr: usize,
+        task: schedule::Task,
+        o: &mut [f32],
+        stride: usize,
+    ) {
+        let schedule::Task { t0, nt, r0, r1 } = task;
+        if nt >= PACK_FROM {
+            // The packed kernel walks rows from the start of the slice it is given.
+            let wr = &w[r0 * bpr..r1 * bpr];
+            // SAFETY: `isa` is available (asserted by the callers of `run_task`).
+            unsafe {
+                match isa {
+                    Isa::Avx2 => batch_avx2(wr, a, bpr, t0, nt, r1 - r0, o, stride),
+                    Isa::Vnni => batch_vnni(wr, a, bpr, t0, nt, r1 - r0, o, stride),
+                }
             }
+        } else {
+            run(isa, w, a, bpr, t0, nt, r0, r1, o, stride);
         }
+    }
+
+    /// The Q8_0 product: tasks of [`PACK_FROM`]+ tokens run the VNNI kernel where `vnni`,
+    /// the others (decoding, a token or two, bound by memory, where the one-row walk of
+    /// [`q8x`] measured faster than the 4-row tile's four interleaved streams) the AVX2 one-row
+    /// tile; both give the same lanes, hence the same bits. `vnni` must mean [`Isa::Vnni`] is
+    /// available, and [`q8x::available`] must hold.
+    pub(super) fn matmul_q8_0(
+        vnni: bool,
+        w: &[BlockQ8_0],
+        bpr: usize,
+        a: &[BlockQ8_0],
+        n_tok: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        assert!(!vnni || Isa::Vnni.available(), "Q8_0 matmul: no VNNI");
+        let shape = Shape {
+            rows,
+            n_tok,
+            act_bytes: bpr * size_of::<BlockQ8_0>(),
+            tok_align: q8x::NT,
+        };
+        schedule::run(&shape, out, |task, o, stride| {
+            if vnni && task.nt >= PACK_FROM {
+                run_task(Isa::Vnni, w, a, bpr, task, o, stride)
+            } else {
+                let schedule::Task { t0, nt, r0, r1 } = task;
+                q8x::tile(w, bpr, a, t0, nt, stride, r0, r1, o)
+            }
+        })
     }
 }
 
@@ -1056,7 +1124,15 @@ mod tests {
                 }
 
                 let mut g = vec![f32::NAN; n_tok * rows];
-                mm(&w, bpr, n_tok, rows, &mut g, |x, t| table_dot(k, x, at(t)));
+                mm(
+                    &w,
+                    bpr,
+                    n_tok,
+                    rows,
+                    bpr * size_of::<A>(),
+                    &mut g,
+                    |x, t| table_dot(k, x, at(t)),
+                );
                 close(&g, "generic");
             }
         }
@@ -1149,5 +1225,59 @@ mod tests {
             |k, w, a| (k.vec_dot_q5_1_q8_1)(w, a),
             q8_1::vec_dot_q5_1_q8_1_ref,
         );
+    }
+
+    /// The same bits whatever the thread count, hence whatever the scheduler's split (token
+    /// tiles only, rows × tokens through the staging buffer, rows only for one token), for
+    /// every format's entry point (tiled where the host has it).
+    #[test]
+    fn same_bits_at_any_thread_count() {
+        fn run<W: Sync, A: Sync>(name: &str, e: Entry<W, A>, w: &[W], a: &[A], bpr: usize) {
+            let rows = w.len() / bpr;
+            for n_tok in [1usize, 3, 37, 300] {
+                let at = &a[..n_tok * bpr];
+                let go = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .expect("thread pool");
+                    let mut out = vec![f32::NAN; n_tok * rows];
+                    pool.install(|| e(kernels(), w, bpr, at, n_tok, rows, &mut out));
+                    out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                };
+                let one = go(1);
+                for threads in [2, 3, 16] {
+                    assert!(one == go(threads), "{name} n_tok {n_tok} threads {threads}");
+                }
+            }
+        }
+        let (bpr, rows) = (4usize, 70usize);
+        let cols = bpr * 32;
+        let wf = data(rows * cols, 1, 0.5);
+        let af = data(300 * cols, 2, 3.0);
+        let a0 = q8_0s(quantize_acts(ActFormat::Q8_0, &af, cols));
+        let a1 = q8_1s(quantize_acts(ActFormat::Q8_1, &af, cols));
+        fn quant<W: Copy>(wf: &[f32], cols: usize, zero: W, q: fn(&[f32], &mut [W])) -> Vec<W> {
+            let mut w = vec![zero; wf.len() / 32];
+            for (x, y) in wf.chunks(cols).zip(w.chunks_mut(cols / 32)) {
+                q(x, y);
+            }
+            w
+        }
+        let w = quant(&wf, cols, BlockQ4_0::ZERO, q4_0::quantize_row_q4_0_ref);
+        run("Q4_0", matmul_q4_0, &w, &a0, bpr);
+        let w = quant(&wf, cols, BlockQ5_0::ZERO, q5_0::quantize_row_q5_0_ref);
+        run("Q5_0", matmul_q5_0, &w, &a0, bpr);
+        let w = quant(
+            &wf,
+            cols,
+            BlockQ8_0::ZERO,
+            longquant_quants::block::q8_0::quantize_row_q8_0_ref,
+        );
+        run("Q8_0", matmul_q8_0, &w, &a0, bpr);
+        let w = quant(&wf, cols, BlockQ4_1::ZERO, q4_1::quantize_row_q4_1_ref);
+        run("Q4_1", matmul_q4_1, &w, &a1, bpr);
+        let w = quant(&wf, cols, BlockQ5_1::ZERO, q5_1::quantize_row_q5_1_ref);
+        run("Q5_1", matmul_q5_1, &w, &a1, bpr);
     }
 }

@@ -10,6 +10,7 @@ mod mm_kquant;
 #[cfg(target_arch = "x86_64")]
 mod mm_kquant_avx2;
 mod mm_legacy;
+mod schedule;
 pub mod weights;
 
 pub use config::LlamaConfig;
