@@ -553,6 +553,24 @@ fn absurd_config_values_are_refused() {
             "{field} = {value}: {e}"
         );
     }
+    // A head width derived from hidden_size / heads obeys the head_dim limit too (fuzz finding,
+    // config_json: hidden_size 8672 over 2 heads).
+    let mut m = Mini::new();
+    m.config["hidden_size"] = 8672.into();
+    m.config["num_attention_heads"] = 2.into();
+    m.config["num_key_value_heads"] = 2.into();
+    let e = fails(&m);
+    assert!(
+        matches!(
+            config_err(&e),
+            ConfigError::TooLarge {
+                field: "head_dim",
+                value: 4336,
+                limit: 4096
+            }
+        ),
+        "{e}"
+    );
     // Heads that do not divide the width (no explicit head_dim), KV heads that do not divide heads.
     let mut m = Mini::new();
     m.config["num_attention_heads"] = 3.into();

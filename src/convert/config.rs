@@ -316,7 +316,12 @@ impl LlamaConfig {
                         "hidden_size {hidden_size} is not a multiple of num_attention_heads {n_head} and no head_dim is given"
                     )));
                 }
-                (hidden_size / n_head, false)
+                // The derived width obeys the same limit as an explicit one (fuzz finding:
+                // hidden_size 8672 over 2 heads gave head_dim 4336).
+                (
+                    at_most("head_dim", hidden_size / n_head, MAX_HEAD_DIM)?,
+                    false,
+                )
             }
         };
         if n_head % n_head_kv != 0 {
