@@ -11,10 +11,10 @@
 //! is the only dtype that holds the dequantized model exactly, whatever the source type. BF16 and
 //! F16 round to nearest even; an F16 export refuses values that overflow F16.
 //!
-//! Writing is all-or-nothing: every file goes to a hidden temporary name in the output folder and
-//! is renamed only once all of them are complete; on an error the temporaries are removed.
-//! A process killed by a signal can leave `.*.longquant-tmp-*` files behind (there is no signal
-//! handler); they are never mistaken for model files.
+//! Writing is all-or-nothing: every file goes to a hidden temporary name in the output folder
+//! ([`longquant_formats::atomic::AtomicFile`]) and is moved to its final name only once all of
+//! them are complete; on an error or Ctrl-C/SIGTERM the temporaries are removed, and a `kill -9`'s
+//! leftovers (`.<name>.tmp-<pid>-<n>`) are removed by the next export into the folder.
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use half::{bf16, f16};
+use longquant_formats::atomic::AtomicFile;
 use longquant_formats::gguf::{GgufFile, Metadata, TensorInfo, Value};
 use longquant_formats::GgmlType;
 use longquant_quants::tensor::dequantize_row;
@@ -1226,29 +1227,44 @@ impl safetensors::View for LazyTensor<'_> {
     }
 }
 
-/// Files being written; removed on drop unless committed.
+/// Files being written, each through [`AtomicFile`]; all removed on drop unless committed.
 struct Staging {
     dir: PathBuf,
     created_dir: bool,
-    /// (temporary path, final name)
-    files: Vec<(PathBuf, String)>,
+    /// (temporary until committed, final name)
+    files: Vec<(Option<AtomicFile>, String)>,
     committed: bool,
 }
 
+/// A commit-helper error as an [`ExportError::Io`] naming the file.
+fn export_io(e: longquant_formats::Error) -> ExportError {
+    let source = match e.kind {
+        longquant_formats::ErrorKind::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    };
+    ExportError::Io {
+        path: e.path,
+        source,
+    }
+}
+
 impl Staging {
-    fn temp_for(&mut self, name: &str) -> PathBuf {
-        let tmp = self
-            .dir
-            .join(format!(".{name}.longquant-tmp-{}", std::process::id()));
-        self.files.push((tmp.clone(), name.to_string()));
-        tmp
+    /// A new temporary for `name` (overwritten by whoever writes it by path).
+    fn temp_for(&mut self, name: &str) -> Result<PathBuf, ExportError> {
+        let f = AtomicFile::create(&self.dir.join(name), true).map_err(export_io)?;
+        let tmp = f.temp_path().to_path_buf();
+        self.files.push((Some(f), name.to_string()));
+        Ok(tmp)
     }
 
     fn write(&mut self, name: &str, bytes: &[u8]) -> Result<(), ExportError> {
-        let tmp = self.temp_for(name);
-        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))
+        let dst = self.dir.join(name);
+        let f = AtomicFile::create(&dst, true).map_err(export_io)?;
+        let mut h = f.try_clone_file().map_err(export_io)?;
+        h.write_all(bytes).map_err(io_err(&dst))?;
+        drop(h);
+        self.files.push((Some(f), name.to_string()));
+        Ok(())
     }
 
     fn write_json(&mut self, name: &str, v: &Json) -> Result<(), ExportError> {
@@ -1260,17 +1276,14 @@ impl Staging {
         self.write(name, s.as_bytes())
     }
 
-    /// Renames every temporary to its final name and syncs the folder.
+    /// Syncs and moves every temporary to its final name (each commit syncs the folder).
     fn commit(&mut self) -> Result<(), ExportError> {
-        for (tmp, name) in &self.files {
-            let dst = self.dir.join(name);
-            fs::rename(tmp, &dst).map_err(io_err(&dst))?;
+        for (f, _) in &mut self.files {
+            if let Some(f) = f.take() {
+                f.commit(true).map_err(export_io)?;
+            }
         }
         self.committed = true;
-        if let Ok(d) = fs::File::open(&self.dir) {
-            // Best effort: not every filesystem allows syncing a directory handle.
-            let _ = d.sync_all();
-        }
         Ok(())
     }
 }
@@ -1280,9 +1293,8 @@ impl Drop for Staging {
         if self.committed {
             return;
         }
-        for (tmp, _) in &self.files {
-            let _ = fs::remove_file(tmp);
-        }
+        // Dropping each AtomicFile removes its temporary.
+        self.files.clear();
         if self.created_dir {
             let _ = fs::remove_dir(&self.dir);
         }
@@ -1431,7 +1443,7 @@ pub fn export_hf(
                 bytes: len as u64,
             });
         }
-        let tmp = staging.temp_for(fname);
+        let tmp = staging.temp_for(fname)?;
         let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
         safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| {
             ExportError::Safetensors {
@@ -1442,9 +1454,7 @@ pub fn export_hf(
         if let Some(e) = error.lock().ok().and_then(|mut s| s.take()) {
             return Err(e);
         }
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&tmp))?;
+        // (Synced by the staging commit, through the AtomicFile's handle to the same file.)
     }
     if n_shards > 1 {
         let weight_map: BTreeMap<&str, &str> = exported

@@ -637,12 +637,15 @@ impl Imatrix {
         Ok(o)
     }
 
-    /// Writes the legacy `.dat` format.
+    /// Writes the legacy `.dat` format (all or nothing, replacing an existing file).
     pub fn write_legacy(&self, path: &Path) -> Result<(), ImatrixError> {
         let bytes = self.to_legacy_bytes()?;
-        std::fs::write(path, bytes).map_err(|source| ImatrixError::Io {
+        crate::formats::atomic::write_atomic(path, &bytes, true).map_err(|e| ImatrixError::Io {
             path: path.to_path_buf(),
-            source,
+            source: match e.kind {
+                crate::formats::ErrorKind::Io { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            },
         })
     }
 }

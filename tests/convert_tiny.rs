@@ -432,3 +432,302 @@ fn missing_shard() {
     assert!(e.to_string().contains("00002"), "{e}");
     assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
 }
+
+// ---- config.json that disagrees with its tensors, or is absurd (issue 19, item 3) ----
+
+use longquant::convert::config::ConfigError;
+use longquant::formats::ErrorKind;
+use std::time::{Duration, Instant};
+
+/// The config error inside a conversion failure.
+fn config_err(e: &ConvertError) -> &ConfigError {
+    match e {
+        ConvertError::Config { source, .. } => source,
+        other => panic!("expected a config.json error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_billion_layers_beside_two_is_refused_at_once() {
+    // Measured before the fix: `convert` grew to 23 GiB listing the 9·10^9 tensor names such a
+    // config calls for. Now the count is refused before anything is sized by it.
+    let t0 = Instant::now();
+    let mut m = Mini::new();
+    m.config["num_hidden_layers"] = 1_000_000_000u64.into();
+    let e = fails(&m);
+    assert!(
+        matches!(
+            config_err(&e),
+            ConfigError::TooLarge {
+                field: "num_hidden_layers",
+                value: 1_000_000_000,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Within the sanity limit but beyond the checkpoint: refused naming both counts.
+    let mut m = Mini::new();
+    m.config["num_hidden_layers"] = 4096.into();
+    let e = fails(&m);
+    assert!(
+        matches!(&e, ConvertError::LayerCountMismatch { config: 4096, found: 2, first_missing }
+            if first_missing == "model.layers.2.input_layernorm.weight"),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("4096") && msg.contains("2 layers"), "{msg}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn missing_or_extra_layers() {
+    // The last layer absent altogether: the count disagrees.
+    let mut m = Mini::new();
+    m.config["num_hidden_layers"] = 3.into();
+    let e = fails(&m);
+    assert!(
+        matches!(
+            &e,
+            ConvertError::LayerCountMismatch {
+                config: 3,
+                found: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A layer in the middle absent: the first missing tensor is named.
+    let mut m = Mini::new();
+    m.tensors.retain(|t| !t.0.starts_with("model.layers.0."));
+    let e = fails(&m);
+    assert!(
+        matches!(&e, ConvertError::MissingTensor { name } if name == "model.layers.0.input_layernorm.weight"),
+        "{e}"
+    );
+    // One layer fewer in the config than in the checkpoint.
+    let mut m = Mini::new();
+    m.config["num_hidden_layers"] = 1.into();
+    let e = fails(&m);
+    assert!(
+        matches!(&e, ConvertError::UnexpectedTensor { name } if name.starts_with("model.layers.1.")),
+        "{e}"
+    );
+}
+
+#[test]
+fn absurd_config_values_are_refused() {
+    let cases: Vec<(&str, serde_json::Value)> = vec![
+        ("num_attention_heads", 0.into()),
+        ("num_key_value_heads", 0.into()),
+        ("hidden_size", 0.into()),
+        ("vocab_size", (1u64 << 32).into()),
+        ("max_position_embeddings", (1u64 << 40).into()),
+        ("rms_norm_eps", (-1.0).into()),
+        ("rope_theta", 0.0.into()),
+    ];
+    for (field, value) in cases {
+        let mut m = Mini::new();
+        m.config[field] = value.clone();
+        let e = fails(&m);
+        assert!(
+            matches!(config_err(&e), ConfigError::BadValue { .. }),
+            "{field} = {value}: {e}"
+        );
+        assert!(e.to_string().contains(field), "{field}: {e}");
+    }
+    let too_large: Vec<(&'static str, u64)> = vec![
+        ("vocab_size", 1 << 25),
+        ("hidden_size", 1 << 21),
+        ("intermediate_size", 1 << 30),
+        ("num_attention_heads", 1 << 20),
+        ("head_dim", 1 << 30),
+        ("max_position_embeddings", 1 << 30),
+    ];
+    for (field, value) in too_large {
+        let mut m = Mini::new();
+        m.config[field] = value.into();
+        let e = fails(&m);
+        assert!(
+            matches!(config_err(&e), ConfigError::TooLarge { field: f, value: v, .. } if *f == field && *v == value),
+            "{field} = {value}: {e}"
+        );
+    }
+    // A head width derived from hidden_size / heads obeys the head_dim limit too (fuzz finding,
+    // config_json: hidden_size 8672 over 2 heads).
+    let mut m = Mini::new();
+    m.config["hidden_size"] = 8672.into();
+    m.config["num_attention_heads"] = 2.into();
+    m.config["num_key_value_heads"] = 2.into();
+    let e = fails(&m);
+    assert!(
+        matches!(
+            config_err(&e),
+            ConfigError::TooLarge {
+                field: "head_dim",
+                value: 4336,
+                limit: 4096
+            }
+        ),
+        "{e}"
+    );
+    // Heads that do not divide the width (no explicit head_dim), KV heads that do not divide heads.
+    let mut m = Mini::new();
+    m.config["num_attention_heads"] = 3.into();
+    m.config["num_key_value_heads"] = 3.into();
+    assert!(matches!(
+        config_err(&fails(&m)),
+        ConfigError::Inconsistent(_)
+    ));
+    let mut m = Mini::new();
+    m.config["num_key_value_heads"] = 4.into();
+    assert!(matches!(
+        config_err(&fails(&m)),
+        ConfigError::Inconsistent(_)
+    ));
+}
+
+#[test]
+fn config_shapes_disagreeing_with_tensors_name_both() {
+    // vocab_size one more than the embedding's rows.
+    let mut m = Mini::new();
+    m.config["vocab_size"] = 49153.into();
+    let e = fails(&m);
+    assert!(
+        matches!(&e, ConvertError::ShapeMismatch { name, expected, found }
+            if name == "model.embed_tokens.weight" && expected == &[49153, 32] && found == &[49152, 32]),
+        "{e}"
+    );
+    assert!(e.to_string().contains("49153") && e.to_string().contains("49152"));
+    // An explicit head_dim with head_dim × heads ≠ hidden: the q projection does not fit.
+    let mut m = Mini::new();
+    m.config["head_dim"] = 8.into();
+    let e = fails(&m);
+    // (q_proj is then [2·8, 32], k_proj [1·8, 32]; whichever the reader lists first is named.)
+    assert!(
+        matches!(&e, ConvertError::ShapeMismatch { name, expected, found }
+            if (name == "model.layers.0.self_attn.q_proj.weight" && expected == &[16, 32] && found == &[32, 32])
+            || (name == "model.layers.0.self_attn.k_proj.weight" && expected == &[8, 32] && found == &[16, 32])),
+        "{e}"
+    );
+    // KV heads: k_proj sized for 1 KV head, config says 2.
+    let mut m = Mini::new();
+    m.config["num_key_value_heads"] = 2.into();
+    let e = fails(&m);
+    assert!(
+        matches!(&e, ConvertError::ShapeMismatch { name, expected, .. }
+            if name.contains("k_proj") && expected == &[32, 32]),
+        "{e}"
+    );
+}
+
+#[test]
+fn dtype_disagreeing_with_data_length() {
+    // Declared F16 with F32-sized data: the reader refuses the tensor before any conversion.
+    let mut m = Mini::new();
+    let t = m
+        .tensors
+        .iter_mut()
+        .find(|t| t.0 == "model.layers.1.self_attn.v_proj.weight")
+        .unwrap();
+    t.1 = "F16";
+    let e = fails(&m);
+    match &e {
+        ConvertError::Format(f) => assert!(
+            matches!(&f.kind, ErrorKind::TensorSizeMismatch { tensor, .. } if tensor == "model.layers.1.self_attn.v_proj.weight"),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Writes `m` as two shards plus an index whose weight map `edit` may change.
+fn write_sharded(
+    m: &Mini,
+    dir: &Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) {
+    m.write(dir);
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let (a, b) = m.tensors.split_at(5);
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    let mut map = serde_json::Map::new();
+    for (part, name) in [(a, names[0]), (b, names[1])] {
+        let refs: Vec<_> = part.iter().collect();
+        std::fs::write(dir.join(name), Mini::safetensors(&refs)).unwrap();
+        for t in part {
+            map.insert(t.0.clone(), name.into());
+        }
+    }
+    edit(&mut map);
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+}
+
+fn sharded_error(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> ErrorKind {
+    let m = Mini::new();
+    let src = tempfile::tempdir().unwrap();
+    write_sharded(&m, src.path(), edit);
+    let out_dir = tempfile::tempdir().unwrap();
+    let e = run(
+        src.path(),
+        &out_dir.path().join("o.gguf"),
+        &opts(FileType::F16),
+    )
+    .unwrap_err();
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+    match e {
+        ConvertError::Format(f) => f.kind,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn index_disagreeing_with_shards() {
+    // The unmodified sharded checkpoint converts (no over-rejection).
+    let src = tempfile::tempdir().unwrap();
+    write_sharded(&Mini::new(), src.path(), |_| {});
+    let out_dir = tempfile::tempdir().unwrap();
+    run(
+        src.path(),
+        &out_dir.path().join("o.gguf"),
+        &opts(FileType::F16),
+    )
+    .unwrap();
+    // A shard holds a tensor the index does not list.
+    let kind = sharded_error(|map| {
+        map.remove("model.norm.weight");
+    });
+    assert!(
+        matches!(&kind, ErrorKind::ShardTensorNotInIndex { tensor, .. } if tensor == "model.norm.weight"),
+        "{kind:?}"
+    );
+    // The index lists a tensor that no shard holds.
+    let kind = sharded_error(|map| {
+        map.insert(
+            "model.layers.0.extra.weight".into(),
+            "model-00001-of-00002.safetensors".into(),
+        );
+    });
+    assert!(
+        matches!(&kind, ErrorKind::IndexTensorNotInShard { tensor, .. } if tensor == "model.layers.0.extra.weight"),
+        "{kind:?}"
+    );
+    // The index maps a tensor to the wrong shard.
+    let kind = sharded_error(|map| {
+        map.insert(
+            "model.norm.weight".into(),
+            "model-00001-of-00002.safetensors".into(),
+        );
+    });
+    assert!(
+        matches!(
+            &kind,
+            ErrorKind::ShardTensorNotInIndex { .. } | ErrorKind::IndexTensorNotInShard { .. }
+        ),
+        "{kind:?}"
+    );
+}

@@ -193,3 +193,145 @@ fn inconsistent_hyperparameters_are_refused() {
         ModelError::MissingKey { key, .. } if key == "llama.block_count"
     ));
 }
+
+// ---- absurd metadata values (issue 19): clear errors, no panic, nothing sized by the value ----
+
+/// The error of loading the tiny model with one metadata key set to `value`.
+fn with_key(dir: &Path, key: &str, value: Value) -> ModelError {
+    let mut md = metadata("llama");
+    md.insert(key, value);
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = write(dir, &format!("absurd{n}.gguf"), &md, &tensors());
+    load_err(&file)
+}
+
+#[test]
+fn absurd_hyperparameters_are_refused_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A billion layers beside one: refused by the limit before any per-layer table is sized.
+    let e = with_key(d, "llama.block_count", Value::U32(1_000_000_000));
+    assert!(
+        matches!(&e, ModelError::TooLarge { key, value: 1_000_000_000, limit: 4096 } if key == "llama.block_count"),
+        "{e:?}"
+    );
+    // Within the limit but beyond the file: the first missing block tensor is named.
+    let e = with_key(d, "llama.block_count", Value::U32(4096));
+    assert!(
+        matches!(&e, ModelError::MissingTensor(n) if n == "blk.1.attn_norm.weight"),
+        "{e:?}"
+    );
+    // u64 values that cannot fit any product.
+    for key in [
+        "llama.embedding_length",
+        "llama.feed_forward_length",
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+        "llama.context_length",
+        "llama.attention.key_length",
+    ] {
+        let e = with_key(d, key, Value::U64(u64::MAX / 2 + 3));
+        assert!(
+            matches!(&e, ModelError::TooLarge { key: k, .. } if k == key),
+            "{key}: {e:?}"
+        );
+    }
+    // Zero heads, zero context.
+    for key in [
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+        "llama.context_length",
+        "llama.block_count",
+    ] {
+        let e = with_key(d, key, Value::U32(0));
+        assert!(matches!(&e, ModelError::InvalidConfig(_)), "{key}: {e:?}");
+    }
+    // head_dim × heads ≠ n_embd (explicit key_length), and heads not dividing the width.
+    let e = with_key(d, "llama.attention.key_length", Value::U32(32));
+    assert!(matches!(&e, ModelError::UnsupportedFeature(_)), "{e:?}");
+    let e = with_key(d, "llama.attention.head_count", Value::U32(3));
+    assert!(matches!(&e, ModelError::InvalidConfig(_)), "{e:?}");
+    // Rope dimensions beyond the head, and odd.
+    let e = with_key(d, "llama.rope.dimension_count", Value::U32(1 << 30));
+    assert!(matches!(&e, ModelError::InvalidConfig(_)), "{e:?}");
+    let e = with_key(d, "llama.rope.dimension_count", Value::U32(63));
+    assert!(matches!(&e, ModelError::InvalidConfig(_)), "{e:?}");
+    // Non-numbers and non-finite numbers.
+    let e = with_key(d, "llama.rope.freq_base", Value::F32(f32::NAN));
+    assert!(matches!(&e, ModelError::InvalidConfig(_)), "{e:?}");
+    let e = with_key(d, "llama.attention.layer_norm_rms_epsilon", Value::F32(0.0));
+    assert!(matches!(&e, ModelError::InvalidConfig(_)), "{e:?}");
+    let e = with_key(d, "llama.context_length", Value::String("long".into()));
+    assert!(matches!(&e, ModelError::MissingKey { .. }), "{e:?}");
+    let e = with_key(d, "llama.vocab_size", Value::U64(1 << 32));
+    assert!(
+        matches!(&e, ModelError::ShapeMismatch { tensor, .. } if tensor == "token_embd.weight"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn rope_freqs_of_the_wrong_length_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // head_dim 64 → 32 rope factors; 31 and 64 are wrong.
+    for n in [31u64, 64] {
+        let mut t = tensors();
+        t.push(f32_tensor("rope_freqs.weight", vec![n], 7));
+        let file = write(dir.path(), &format!("rope{n}.gguf"), &metadata("llama"), &t);
+        assert!(
+            matches!(load_err(&file), ModelError::ShapeMismatch { tensor, expected, got }
+                if tensor == "rope_freqs.weight" && expected == vec![32] && got == vec![n]),
+            "{n}"
+        );
+    }
+    // The right length loads.
+    let mut t = tensors();
+    t.push(f32_tensor("rope_freqs.weight", vec![32], 7));
+    let file = write(dir.path(), "rope_ok.gguf", &metadata("llama"), &t);
+    Model::load(&file).unwrap();
+}
+
+#[test]
+fn vocabulary_array_of_2_pow_32_entries_is_refused_at_open() {
+    // A header declaring `tokenizer.ggml.tokens` with 2^32 strings in a file of a few bytes: the
+    // reader refuses the count before allocating for it.
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // key/values
+    let key = b"tokenizer.ggml.tokens";
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&9u32.to_le_bytes()); // array
+    b.extend_from_slice(&8u32.to_le_bytes()); // of strings
+    b.extend_from_slice(&(1u64 << 32).to_le_bytes());
+    b.extend_from_slice(&[0u8; 64]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("vocab.gguf");
+    std::fs::write(&p, &b).unwrap();
+    let e = GgufFile::open(&p).unwrap_err();
+    assert!(
+        matches!(
+            e.kind,
+            longquant::formats::ErrorKind::LimitExceeded { .. }
+                | longquant::formats::ErrorKind::LengthExceedsData { .. }
+                | longquant::formats::ErrorKind::Truncated { .. }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("vocab.gguf"), "{e}");
+}
+
+#[test]
+fn an_empty_tensor_beside_the_model_does_not_panic() {
+    // A zero-row extra tensor (accepted by the reader, like ggml): dequantizing the model for the
+    // F32 reference skips it instead of cutting rows of length 0.
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = tensors();
+    t.push(("junk.weight".into(), vec![0, 5], GgmlType::F32, Vec::new()));
+    let file = write(dir.path(), "empty.gguf", &metadata("llama"), &t);
+    let f32s = longquant::model::DequantizedTensors::from_gguf(&file).unwrap();
+    Model::load_dequantized(&file, &f32s).unwrap();
+}

@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod atomic;
 pub mod error;
 pub mod ggml_type;
 pub mod gguf;

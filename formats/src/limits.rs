@@ -24,6 +24,10 @@ pub struct Limits {
     pub max_tensors: u64,
     /// Most metadata key/value pairs in one GGUF file.
     pub max_kv: u64,
+    /// Largest product of the non-zero dimensions of a GGUF tensor that has a zero dimension (and
+    /// so no data). A tensor with data is bounded by the file's length; one without is not, and a
+    /// `[0, 2^62]` tensor would have 2^62 empty rows for any code that walks rows.
+    pub max_empty_tensor_extent: u64,
 }
 
 impl Default for Limits {
@@ -39,6 +43,8 @@ impl Default for Limits {
             // thousands) but low enough that a bogus count is refused before any allocation.
             max_tensors: 1 << 24,
             max_kv: 1 << 20,
+            // Above any real dimension (vocabularies are below 2^18 tokens, widths below 2^16).
+            max_empty_tensor_extent: 1 << 24,
         }
     }
 }

@@ -396,6 +396,64 @@ fn zero_sized_dims_are_accepted_like_ggml() {
     assert_eq!((h.tensors[0].n_bytes, h.tensors[0].n_elements()), (0, 0));
 }
 
+/// A zero dimension beside an enormous one: no data, but 2^62 empty rows for any code that walks
+/// rows. Refused (issue 19, item 4), at every position of the zero and of the huge dimension,
+/// while the limit itself (2^24) and real-looking empty tensors still parse.
+#[test]
+fn zero_dims_beside_enormous_ones_are_refused() {
+    let with_dims = |dims: &[u64]| {
+        B::header(3, 2, 0)
+            .tensor("empty", dims, 0, 0)
+            .tensor("x", &[1], 0, 0)
+            .pad(32)
+            .zeros(4)
+    };
+    for dims in [
+        vec![0, 1 << 62],
+        vec![1 << 62, 0],
+        vec![0, 1 << 25],
+        vec![0, 1 << 20, 1 << 20],
+        vec![4096, 0, 4096, 2],
+        vec![0, u64::MAX],
+        vec![0, i64::MAX as u64, i64::MAX as u64, 2],
+    ] {
+        let k = parse_err(&with_dims(&dims).0);
+        match &k {
+            ErrorKind::LimitExceeded {
+                what,
+                declared,
+                limit,
+                ..
+            } => {
+                assert!(what.contains("\"empty\""), "{dims:?}: {what}");
+                assert_eq!(*limit, 1 << 24);
+                assert!(*declared > *limit, "{dims:?}");
+            }
+            ErrorKind::ShapeOverflow { .. } => {
+                // Dimensions beyond i64 are refused by the overflow check first.
+                assert!(dims.iter().any(|&d| d > i64::MAX as u64), "{dims:?}");
+            }
+            other => panic!("{dims:?}: {other:?}"),
+        }
+    }
+    for dims in [
+        vec![0, 1 << 24],
+        vec![4096, 0, 4096],
+        vec![0],
+        vec![0, 0, 0],
+    ] {
+        let h = parse(&with_dims(&dims).0).unwrap_or_else(|e| panic!("{dims:?}: {e}"));
+        assert_eq!(h.tensors[0].n_bytes, 0);
+    }
+    // A raised limit accepts what the default refuses.
+    let open = Limits {
+        max_empty_tensor_extent: u64::MAX,
+        ..Limits::default()
+    };
+    let b = with_dims(&[0, 1 << 62]);
+    ParsedHeader::parse(&b.0, Path::new("t.gguf"), &open).unwrap();
+}
+
 #[test]
 fn shape_overflow() {
     let k = parse_err(

@@ -133,3 +133,35 @@ fn wrong_byte_counts_are_errors() {
     ));
     w.finish().unwrap();
 }
+
+/// Two writers of one name at once, streaming in interleaved chunks: each fills its own
+/// temporary, so the file left is exactly one of the two; without overwrite the second commit is
+/// refused instead of replacing the first.
+#[test]
+fn concurrent_writers_of_one_name_never_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("out.gguf");
+    let spec = || vec![TensorSpec::new("t", vec![1 << 20], GgmlType::F32)];
+    for overwrite in [true, false] {
+        let _ = std::fs::remove_file(&p);
+        let opts = WriteOptions { overwrite };
+        let mut a = GgufWriter::create(&p, &Metadata::new(), spec(), opts).unwrap();
+        let mut b = GgufWriter::create(&p, &Metadata::new(), spec(), opts).unwrap();
+        for _ in 0..64 {
+            a.write_tensor_data(&[0xAA; 1 << 16]).unwrap();
+            b.write_tensor_data(&[0xBB; 1 << 16]).unwrap();
+        }
+        a.finish().unwrap();
+        let rb = b.finish();
+        let f = GgufFile::open(&p).unwrap();
+        let data = f.tensor_data(f.tensor("t").unwrap());
+        if overwrite {
+            rb.unwrap();
+            assert!(data.iter().all(|&x| x == 0xBB), "mixed or wrong file");
+        } else {
+            assert!(matches!(rb.unwrap_err().kind, ErrorKind::OutputExists));
+            assert!(data.iter().all(|&x| x == 0xAA), "mixed or wrong file");
+        }
+        assert_eq!(names(dir.path()), ["out.gguf"]);
+    }
+}

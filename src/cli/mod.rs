@@ -64,14 +64,13 @@ pub mod exit {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Commands that write output files stop cooperatively on Ctrl-C/SIGTERM so their temporary
-    // files are removed; the others keep the default (immediate) termination.
-    if matches!(
+    // Ctrl-C/SIGTERM never leave a temporary output behind: the streaming commands stop
+    // cooperatively (they check between slices and unwind, removing their temporaries); every
+    // other command removes the temporaries it has open and exits at once.
+    install_interrupt_handler(matches!(
         cli.command,
         Command::Convert(_) | Command::Quantize(_) | Command::ExportHf(_)
-    ) {
-        install_interrupt_handler();
-    }
+    ));
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a, cli.json),
         Command::Convert(a) => convert::run(a, cli.json),
@@ -93,22 +92,38 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Pick an exit code from the root cause of an error chain.
-/// First signal: ask the job to stop at its next check (it cleans up and exits 130). Second
-/// signal: exit at once.
-fn install_interrupt_handler() {
-    let result = ctrlc::set_handler(|| {
-        if longquant::interrupt::requested() {
-            std::process::exit(i32::from(exit::INTERRUPTED));
+/// How long a cooperative job may take to reach its next check after a stop request before it
+/// is stopped anyway (its temporaries removed first).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Removes this process's uncommitted temporary outputs and exits with [`exit::INTERRUPTED`].
+fn exit_now() -> ! {
+    longquant::formats::atomic::remove_pending();
+    std::process::exit(i32::from(exit::INTERRUPTED));
+}
+
+/// Cooperative commands: the first signal asks the job to stop at its next check (it cleans up
+/// and exits 130); if it has not within [`STOP_GRACE`], or at a second signal, the process
+/// removes its temporaries and exits. Other commands do that at the first signal.
+fn install_interrupt_handler(cooperative: bool) {
+    let result = ctrlc::set_handler(move || {
+        if !cooperative || longquant::interrupt::requested() {
+            exit_now();
         }
         longquant::interrupt::request();
         eprintln!("\ninterrupt: stopping and removing temporary files (again to quit at once)");
+        std::thread::spawn(|| {
+            std::thread::sleep(STOP_GRACE);
+            eprintln!("interrupt: the job did not stop within {STOP_GRACE:?}; exiting");
+            exit_now();
+        });
     });
     if let Err(e) = result {
         eprintln!("warning: cannot install the Ctrl-C handler ({e}); an interrupted job may leave temporary files");
     }
 }
 
+/// Pick an exit code from the root cause of an error chain.
 fn classify(err: &anyhow::Error) -> u8 {
     use longquant::formats::ErrorKind;
     if longquant::interrupt::requested() {

@@ -18,6 +18,26 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForCausalLM"];
 /// `rope_type` values this converter accepts (absent means `default`).
 pub const SUPPORTED_ROPE_TYPES: &[&str] = &["default", "linear", "yarn", "llama3"];
 
+/// Upper bounds on config.json values, far above any published Llama-family model (Llama-3-405B:
+/// 126 layers, hidden 16384, FFN 53248, 128 heads, head_dim 128; the largest vocabularies are
+/// about 2^18 tokens, the longest contexts about 10M positions). They exist so that a hostile or
+/// mistyped config is refused with a clear error before anything is sized by it; the checkpoint's
+/// own tensors are then checked against the config (see `convert::pipeline::plan`).
+pub mod limits {
+    /// Most transformer blocks (`num_hidden_layers`).
+    pub const MAX_LAYERS: u64 = 4096;
+    /// Widest `hidden_size` or `intermediate_size`.
+    pub const MAX_WIDTH: u64 = 1 << 20;
+    /// Most attention heads (`num_attention_heads`, `num_key_value_heads`).
+    pub const MAX_HEADS: u64 = 4096;
+    /// Widest attention head (`head_dim`).
+    pub const MAX_HEAD_DIM: u64 = 4096;
+    /// Largest `vocab_size`.
+    pub const MAX_VOCAB: u64 = 1 << 24;
+    /// Longest context (`max_position_embeddings`, `original_max_position_embeddings`).
+    pub const MAX_CONTEXT: u64 = 1 << 28;
+}
+
 /// Why a `config.json` cannot be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,6 +86,16 @@ pub enum ConfigError {
     /// Fields that contradict each other.
     #[error("inconsistent config: {0}")]
     Inconsistent(String),
+    /// A value beyond what any model uses (see [`limits`]).
+    #[error("config.json field `{field}` = {value} exceeds the limit {limit} (no real model is this large)")]
+    TooLarge {
+        /// The field name.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+        /// The largest accepted value.
+        limit: u64,
+    },
 }
 
 /// Which transformers generation wrote the config (only reported; both read the same way).
@@ -187,6 +217,19 @@ fn req_count(obj: &Map<String, Value>, field: &'static str) -> Result<u64, Confi
     as_count(field, v)
 }
 
+/// `value` if it is at most `limit`, else [`ConfigError::TooLarge`].
+fn at_most(field: &'static str, value: u64, limit: u64) -> Result<u64, ConfigError> {
+    if value > limit {
+        Err(ConfigError::TooLarge {
+            field,
+            value,
+            limit,
+        })
+    } else {
+        Ok(value)
+    }
+}
+
 /// The first of `keys` present (and not null), like convert_hf_to_gguf's `find_hparam`.
 fn find<'a>(
     obj: &'a Map<String, Value>,
@@ -236,24 +279,49 @@ impl LlamaConfig {
             ));
         }
 
-        let hidden_size = req_count(obj, "hidden_size")?;
-        let n_layer = req_count(obj, "num_hidden_layers")?;
-        let n_head = req_count(obj, "num_attention_heads")?;
+        use limits::*;
+        let hidden_size = at_most("hidden_size", req_count(obj, "hidden_size")?, MAX_WIDTH)?;
+        let n_layer = at_most(
+            "num_hidden_layers",
+            req_count(obj, "num_hidden_layers")?,
+            MAX_LAYERS,
+        )?;
+        let n_head = at_most(
+            "num_attention_heads",
+            req_count(obj, "num_attention_heads")?,
+            MAX_HEADS,
+        )?;
         let n_head_kv = match get(obj, "num_key_value_heads") {
-            Some(x) => as_count("num_key_value_heads", x)?,
+            Some(x) => at_most(
+                "num_key_value_heads",
+                as_count("num_key_value_heads", x)?,
+                MAX_HEADS,
+            )?,
             None => n_head,
         };
-        let intermediate_size = req_count(obj, "intermediate_size")?;
-        let vocab_size = req_count(obj, "vocab_size")?;
+        let intermediate_size = at_most(
+            "intermediate_size",
+            req_count(obj, "intermediate_size")?,
+            MAX_WIDTH,
+        )?;
+        let vocab_size = at_most("vocab_size", req_count(obj, "vocab_size")?, MAX_VOCAB)?;
         let (head_dim, head_dim_explicit) = match get(obj, "head_dim") {
-            Some(x) => (as_count("head_dim", x)?, true),
+            Some(x) => (
+                at_most("head_dim", as_count("head_dim", x)?, MAX_HEAD_DIM)?,
+                true,
+            ),
             None => {
                 if hidden_size % n_head != 0 {
                     return Err(ConfigError::Inconsistent(format!(
                         "hidden_size {hidden_size} is not a multiple of num_attention_heads {n_head} and no head_dim is given"
                     )));
                 }
-                (hidden_size / n_head, false)
+                // The derived width obeys the same limit as an explicit one (fuzz finding:
+                // hidden_size 8672 over 2 heads gave head_dim 4336).
+                (
+                    at_most("head_dim", hidden_size / n_head, MAX_HEAD_DIM)?,
+                    false,
+                )
             }
         };
         if n_head % n_head_kv != 0 {
@@ -292,7 +360,11 @@ impl LlamaConfig {
                 "model_max_length",
             ],
         ) {
-            Some((k, x)) => Some(as_count(k, x)?),
+            Some((k, x)) => Some(at_most(
+                "max_position_embeddings",
+                as_count(k, x)?,
+                MAX_CONTEXT,
+            )?),
             None => None,
         };
 
@@ -468,7 +540,11 @@ fn parse_rope(
         match get(params, "original_max_position_embeddings")
             .or_else(|| get(obj, "original_max_position_embeddings"))
         {
-            Some(x) => Ok(Some(as_count("original_max_position_embeddings", x)?)),
+            Some(x) => Ok(Some(at_most(
+                "original_max_position_embeddings",
+                as_count("original_max_position_embeddings", x)?,
+                limits::MAX_CONTEXT,
+            )?)),
             None => Ok(None),
         }
     };

@@ -66,6 +66,16 @@ pub enum ConvertError {
         /// HF name.
         name: String,
     },
+    /// config.json names more transformer blocks than the checkpoint holds tensors for.
+    #[error("config.json says num_hidden_layers = {config}, but the checkpoint has tensors for {found} layers (no tensor {first_missing})")]
+    LayerCountMismatch {
+        /// `num_hidden_layers` in config.json.
+        config: u64,
+        /// Blocks found in the checkpoint (highest `model.layers.N` index + 1).
+        found: u64,
+        /// The first tensor the config calls for that is absent.
+        first_missing: String,
+    },
     /// A tensor that is not part of a Llama checkpoint.
     #[error("unexpected tensor {name} (not a LlamaForCausalLM weight, or a block index beyond num_hidden_layers)")]
     UnexpectedTensor {
@@ -416,6 +426,26 @@ pub fn plan(
         .map(ImportanceWeights::load)
         .transpose()?;
 
+    // The blocks the checkpoint holds, before anything is sized by config.json's count: a config
+    // claiming 10^9 layers beside tensors for 16 must fail here, not after listing 9·10^9 names.
+    let found_layers = st
+        .tensors()
+        .iter()
+        .filter_map(|t| match map_hf_name(&t.name, u64::MAX) {
+            HfName::Tensor(m) => m.layer,
+            _ => None,
+        })
+        .max()
+        .map_or(0, |l| l.saturating_add(1));
+    if config.n_layer > found_layers {
+        return Err(ConvertError::LayerCountMismatch {
+            config: config.n_layer,
+            found: found_layers,
+            first_missing: format!("model.layers.{found_layers}.input_layernorm.weight"),
+        });
+    }
+    crate::interrupt::check()?;
+
     // Map and check every checkpoint tensor.
     let mut mapped: Vec<(&StTensor, String, Role)> = Vec::new();
     for t in st.tensors() {
@@ -445,13 +475,20 @@ pub fn plan(
             }
         }
     }
-    // Every tensor the config calls for must be there.
-    let mut required: Vec<String> = vec![
-        "model.embed_tokens.weight".into(),
-        "model.norm.weight".into(),
-    ];
+    // Every tensor the config calls for must be there (checked one by one, not listed first:
+    // the count is bounded by the checkpoint's own tensors above).
+    let present = |name: &str| -> Result<(), ConvertError> {
+        match st.get(name) {
+            Some(_) => Ok(()),
+            None => Err(ConvertError::MissingTensor {
+                name: name.to_string(),
+            }),
+        }
+    };
+    present("model.embed_tokens.weight")?;
+    present("model.norm.weight")?;
     if !config.tie_word_embeddings {
-        required.push("lm_head.weight".into());
+        present("lm_head.weight")?;
     }
     for l in 0..config.n_layer {
         for s in [
@@ -465,14 +502,10 @@ pub fn plan(
             "mlp.up_proj",
             "mlp.down_proj",
         ] {
-            required.push(format!("model.layers.{l}.{s}.weight"));
+            present(&format!("model.layers.{l}.{s}.weight"))?;
         }
     }
-    for name in required {
-        if st.get(&name).is_none() {
-            return Err(ConvertError::MissingTensor { name });
-        }
-    }
+    crate::interrupt::check()?;
 
     // Output type.
     let file_type = match opts.file_type {
@@ -559,7 +592,9 @@ pub fn plan(
             .unwrap_or(u64::MAX);
     }
 
+    crate::interrupt::check()?;
     let vocab = load_vocab(src_dir, &config, opts.pre_override.as_deref())?;
+    crate::interrupt::check()?;
     let mut metadata = build_metadata(src_dir, &config, &vocab, file_type, n_params);
     if let Some(im) = &imatrix {
         im.check(&tensors)?;

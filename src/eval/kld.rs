@@ -37,6 +37,7 @@
 //! log-sum inequality gives `KL ≥ Σ_top p ln(p/q) + r ln(r/s)` (the coarsened distributions), and
 //! `KL ≤ Σ_top p ln(p/q) + Σ_tail p ln p − r ln q_min` (`q_min` the model's smallest tail
 //! probability; loose).
+use crate::formats::atomic::AtomicFile;
 use crate::formats::gguf::{GgufFile, Metadata, Value};
 use crate::model::{EvalOptions, Model, ModelError};
 use crate::tokenizer::{GgufTokenizer, TokenizerError};
@@ -1327,10 +1328,11 @@ fn record_bytes(top_k: u64) -> u64 {
     12 + 16 * top_k
 }
 
-/// Writes a base-results file to `PATH.tmp`, renamed over `PATH` by [`BaseResultsWriter::finish`].
+/// Writes a base-results file to a temporary beside `PATH`, moved over `PATH` by
+/// [`BaseResultsWriter::finish`] (through [`longquant_formats::atomic::AtomicFile`]).
 pub struct BaseResultsWriter {
     path: PathBuf,
-    tmp: PathBuf,
+    atomic: Option<AtomicFile>,
     out: Option<BufWriter<File>>,
     /// Top log-probs kept per position.
     pub top_k: usize,
@@ -1355,16 +1357,11 @@ impl BaseResultsWriter {
                 "top-k must be in 1..={MAX_TOP_K}, not {top_k}"
             )));
         }
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(".tmp");
-        let tmp = path.with_file_name(name);
-        let f = File::create(&tmp).map_err(|source| KldError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
+        let atomic = AtomicFile::create(path, true).map_err(kld_io)?;
+        let f = atomic.try_clone_file().map_err(kld_io)?;
         Ok(BaseResultsWriter {
             path: path.to_path_buf(),
-            tmp,
+            atomic: Some(atomic),
             out: Some(BufWriter::new(f)),
             top_k,
             vocab_fingerprint,
@@ -1374,7 +1371,7 @@ impl BaseResultsWriter {
 
     fn io<T>(&self, r: std::io::Result<T>) -> Result<T, KldError> {
         r.map_err(|source| KldError::Io {
-            path: self.tmp.clone(),
+            path: self.path.clone(),
             source,
         })
     }
@@ -1453,21 +1450,34 @@ impl BaseResultsWriter {
             return Ok(());
         };
         let f = out.into_inner().map_err(|e| KldError::Io {
-            path: self.tmp.clone(),
+            path: self.path.clone(),
             source: e.into_error(),
         })?;
-        self.io(f.sync_all())?;
-        let r = std::fs::rename(&self.tmp, &self.path);
-        self.io(r)
+        drop(f);
+        match self.atomic.take() {
+            Some(a) => a.commit(true).map_err(kld_io),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for BaseResultsWriter {
     fn drop(&mut self) {
-        // An unfinished file is useless: remove it rather than leave a truncated .tmp behind.
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        // An unfinished file is useless: our handle first, then the temporary (AtomicFile's drop).
+        drop(self.out.take());
+        drop(self.atomic.take());
+    }
+}
+
+/// A commit-helper error as a [`KldError::Io`] naming the file.
+fn kld_io(e: crate::formats::Error) -> KldError {
+    let source = match e.kind {
+        crate::formats::ErrorKind::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    };
+    KldError::Io {
+        path: e.path,
+        source,
     }
 }
 

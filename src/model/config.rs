@@ -1,6 +1,9 @@
 //! Llama hyperparameters read from GGUF metadata (the `llama.*` keys llama.cpp's loader reads in
 //! `llama_model::load_hparams`), with the same defaults.
 use super::ModelError;
+use crate::convert::config::limits::{
+    MAX_CONTEXT, MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH,
+};
 use longquant_formats::gguf::{Metadata, Value};
 
 /// Hyperparameters of a Llama-architecture model.
@@ -94,6 +97,31 @@ impl LlamaConfig {
             }
         })?;
         let rope_freq_base = get_f32(md, &k("rope.freq_base"))?.unwrap_or(10000.0);
+        // Sanity limits first, so that nothing below (products of these, per-layer tables) is
+        // sized by an absurd value and no product can overflow.
+        let at_most = |key: &str, value: usize, limit: u64| -> Result<(), ModelError> {
+            if value as u64 > limit {
+                return Err(ModelError::TooLarge {
+                    key: k(key),
+                    value: value as u64,
+                    limit,
+                });
+            }
+            Ok(())
+        };
+        at_most("embedding_length", n_embd, MAX_WIDTH)?;
+        at_most("block_count", n_layer, MAX_LAYERS)?;
+        at_most("feed_forward_length", n_ff, MAX_WIDTH)?;
+        at_most("attention.head_count", n_head, MAX_HEADS)?;
+        at_most("attention.head_count_kv", n_head_kv, MAX_HEADS)?;
+        at_most("context_length", context_length, MAX_CONTEXT)?;
+        if n_vocab as u64 > MAX_VOCAB {
+            return Err(ModelError::TooLarge {
+                key: "token_embd.weight rows".into(),
+                value: n_vocab as u64,
+                limit: MAX_VOCAB,
+            });
+        }
 
         let bad = |m: String| Err(ModelError::InvalidConfig(m));
         if n_embd == 0
@@ -118,6 +146,7 @@ impl LlamaConfig {
             ));
         }
         let head_dim = get_usize(md, &k("attention.key_length"))?.unwrap_or(n_embd / n_head);
+        at_most("attention.key_length", head_dim, MAX_HEAD_DIM)?;
         if head_dim * n_head != n_embd {
             return Err(ModelError::UnsupportedFeature(format!(
                 "head width {head_dim} × {n_head} heads ≠ n_embd {n_embd}"

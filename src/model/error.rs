@@ -18,6 +18,19 @@ pub enum ModelError {
     /// Hyperparameters that cannot describe a working model (zero sizes, heads not dividing the width, ...).
     #[error("invalid hyperparameters: {0}")]
     InvalidConfig(String),
+    /// A hyperparameter beyond what any model uses (the limits of
+    /// [`crate::convert::config::limits`]), refused before anything is sized by it.
+    #[error(
+        "metadata key `{key}` = {value} exceeds the limit {limit} (no real model is this large)"
+    )]
+    TooLarge {
+        /// The GGUF key.
+        key: String,
+        /// The value in the file.
+        value: u64,
+        /// The largest accepted value.
+        limit: u64,
+    },
     /// A feature named in the metadata that this forward pass does not implement.
     #[error("unsupported model feature: {0}")]
     UnsupportedFeature(String),

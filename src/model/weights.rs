@@ -188,6 +188,10 @@ impl DequantizedTensors {
         for t in file.tensors() {
             let [c, r] = t.dims.as_slice() else { continue };
             let (cols, rows) = (*c as usize, *r as usize);
+            if cols == 0 || rows == 0 {
+                // An empty tensor has no rows to dequantize (and `chunks_mut(0)` would panic).
+                continue;
+            }
             let w = matrix_from_file(file, &t.name, cols, rows)?;
             let mut out = vec![0.0f32; cols * rows];
             for (i, row) in out.chunks_mut(cols).enumerate() {

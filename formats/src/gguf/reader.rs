@@ -4,7 +4,12 @@
 //! checked against those bytes and against [`Limits`] before anything is allocated for it. Choices
 //! where ggml's `gguf.cpp` is looser or silent, and what we do:
 //! - `n_dims == 0`: ggml's reader accepts it (a scalar) but its writer never produces it; we refuse it.
-//! - a dimension of 0: ggml accepts zero-element tensors, so do we (their data is empty).
+//! - a dimension of 0: ggml accepts zero-element tensors, so do we (their data is empty), but only
+//!   while the product of their other dimensions is at most [`Limits::max_empty_tensor_extent`]
+//!   (2^24 by default). A tensor with data is bounded by the file (its rows must fit in the bytes
+//!   there), so every loop over its rows is too; an empty one is not, and `[0, 2^62]` would hand
+//!   2^62 zero-byte rows to any code that walks rows (quantize, export, inspect). We refuse such
+//!   dimensions rather than prove that no path ever walks them.
 //! - tensor offsets: ggml requires them packed in file order; we accept any order but require each to
 //!   be aligned, inside the file, and not overlapping another (checked after sorting by offset).
 //! - string values must be UTF-8 (ggml does not check values, only uses them as bytes).
@@ -392,6 +397,22 @@ fn parse_inner(bytes: &[u8], limits: &Limits) -> Result<ParsedHeader, ErrorKind>
             type_id,
         })?;
         let n_bytes = tensor_size(&name, &dims, ggml_type, limits.max_n_dims)?;
+        if dims.contains(&0) {
+            let extent = dims
+                .iter()
+                .filter(|&&d| d != 0)
+                .fold(1u64, |a, &d| a.saturating_mul(d));
+            if extent > limits.max_empty_tensor_extent {
+                return Err(ErrorKind::LimitExceeded {
+                    what: format!(
+                        "product of the non-zero dimensions of zero-element tensor {name:?} {dims:?}"
+                    ),
+                    offset: nd_at,
+                    declared: extent,
+                    limit: limits.max_empty_tensor_extent,
+                });
+            }
+        }
         let offset = c.u64(&|| format!("data offset of tensor {name:?}"))?;
         if offset % u64::from(alignment) != 0 {
             return Err(ErrorKind::MisalignedTensor {

@@ -2,24 +2,26 @@
 //!
 //! Plan, then write: [`GgufWriter::create`] validates the metadata and tensor specs, computes every
 //! tensor offset and the exact final file size, and writes the header, tensor infos and padding to a
-//! temporary file `.<name>.tmp-<pid>` in the output's directory. Tensor bytes are then streamed in
-//! any number of chunks per tensor, in spec order; the writer inserts the padding between tensors.
-//! [`GgufWriter::finish`] checks that every tensor is complete and the size is as planned, fsyncs the
-//! file, renames it over the target and fsyncs the directory, so a reader never sees a partial file
-//! under the final name. Dropping an unfinished writer removes the temporary file.
+//! temporary file in the output's directory ([`crate::atomic::AtomicFile`]). Tensor bytes are then
+//! streamed in any number of chunks per tensor, in spec order; the writer inserts the padding between
+//! tensors. [`GgufWriter::finish`] checks that every tensor is complete and the size is as planned,
+//! then commits the temporary (fsync, move to the final name, fsync the directory), so a reader
+//! never sees a partial file under the final name. Dropping an unfinished writer removes the
+//! temporary file; see [`crate::atomic`] for signals, `kill -9` and concurrent writers.
 //!
 //! Not done: a free-disk-space check before writing (it needs `statvfs`, i.e. `unsafe` libc calls
-//! outside the mmap module); a full disk surfaces as an I/O error from a write, and the temp file is
-//! removed.
+//! outside the mmap module); a full disk surfaces as an I/O error from a write naming the output,
+//! and the temp file is removed.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::{
     align_up, tensor_size, Metadata, Value, ValueType, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC,
 };
+use crate::atomic::AtomicFile;
 use crate::{Error, ErrorKind, GgmlType, Limits};
 
 /// The GGUF version we write.
@@ -68,7 +70,7 @@ struct Planned {
 #[derive(Debug)]
 pub struct GgufWriter {
     path: PathBuf,
-    tmp_path: PathBuf,
+    atomic: Option<AtomicFile>,
     out: Option<BufWriter<File>>,
     opts: WriteOptions,
     alignment: u64,
@@ -163,24 +165,11 @@ impl GgufWriter {
         if !opts.overwrite && path.exists() {
             return Err(err(ErrorKind::OutputExists));
         }
-        let tmp_path = temp_path_for(path);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)
-            .map_err(|source| {
-                Error::new(
-                    &tmp_path,
-                    ErrorKind::Io {
-                        op: "create",
-                        source,
-                    },
-                )
-            })?;
+        let atomic = AtomicFile::create(path, opts.overwrite)?;
+        let file = atomic.try_clone_file()?;
         let mut w = GgufWriter {
             path: path.to_path_buf(),
-            tmp_path,
+            atomic: Some(atomic),
             out: Some(BufWriter::with_capacity(BUF_SIZE, file)),
             opts,
             alignment,
@@ -270,27 +259,17 @@ impl GgufWriter {
             ));
         }
         let io = |op, source| ErrorKind::Io { op, source };
-        let out = self.out.take();
-        if let Some(out) = out {
-            let file = out
-                .into_inner()
-                .map_err(|e| Error::new(&self.tmp_path, io("flush", e.into_error())))?;
-            file.sync_all()
-                .map_err(|e| Error::new(&self.tmp_path, io("fsync", e)))?;
+        if let Some(out) = self.out.take() {
+            // Flush our handle; the commit syncs the file through the other one.
+            drop(
+                out.into_inner()
+                    .map_err(|e| Error::new(&self.path, io("flush", e.into_error())))?,
+            );
         }
-        if !self.opts.overwrite && self.path.exists() {
-            return Err(Error::new(&self.path, ErrorKind::OutputExists));
+        if let Some(atomic) = self.atomic.take() {
+            atomic.commit(self.opts.overwrite)?;
         }
-        std::fs::rename(&self.tmp_path, &self.path)
-            .map_err(|e| Error::new(&self.path, io("rename", e)))?;
         self.finished = true;
-        let dir = parent_dir(&self.path);
-        // Make the rename itself durable. Opening a directory read-only and fsyncing it is the
-        // portable Unix way; on platforms where that fails we still have a complete file.
-        if let Ok(d) = File::open(&dir) {
-            d.sync_all()
-                .map_err(|e| Error::new(&dir, io("fsync directory", e)))?;
-        }
         Ok(self.planned_size)
     }
 
@@ -300,7 +279,7 @@ impl GgufWriter {
         };
         out.write_all(bytes).map_err(|source| {
             Error::new(
-                &self.tmp_path,
+                &self.path,
                 ErrorKind::Io {
                     op: "write",
                     source,
@@ -334,9 +313,9 @@ impl GgufWriter {
 impl Drop for GgufWriter {
     fn drop(&mut self) {
         if !self.finished {
+            // Our handle first (its buffer may still hold bytes), then the temporary.
             drop(self.out.take());
-            // Best effort: the file may not exist if creation failed half-way.
-            let _ = std::fs::remove_file(&self.tmp_path);
+            drop(self.atomic.take());
         }
     }
 }
@@ -443,20 +422,4 @@ fn put_value(buf: &mut Vec<u8>, v: &Value) {
         Value::I64(x) => buf.extend_from_slice(&x.to_le_bytes()),
         Value::F64(x) => buf.extend_from_slice(&x.to_le_bytes()),
     }
-}
-
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// `.<name>.tmp-<pid>` beside `path`: same directory, so the final rename is atomic.
-fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output.gguf".into());
-    parent_dir(path).join(format!(".{name}.tmp-{}", std::process::id()))
 }
