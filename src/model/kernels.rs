@@ -203,21 +203,34 @@ pub(crate) fn matmul(k: &Kernels, w: &Weight<'_>, acts: &Acts, n_tok: usize, out
             mm_kquant::matmul_q6k(k, wd, bpr, a, n_tok, rows, out)
         }
         // The newer types use the row-dot kernels of the quants crate through the generic tiling.
-        (WeightData::Q2K(wd), Acts::Q8K(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q2_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
-        (WeightData::Q3K(wd), Acts::Q8K(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_q3_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
-        (WeightData::IQ4XS(wd), Acts::Q8K(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_iq4_xs_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
-        (WeightData::IQ4NL(wd), Acts::Q8_0(a)) => mm(wd, bpr, n_tok, rows, out, |wr, t| {
-            (k.vec_dot_iq4_nl_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
-        }),
+        (WeightData::Q2K(wd), Acts::Q8K(a)) => {
+            mm(wd, bpr, n_tok, rows, row_bytes(a, bpr), out, |wr, t| {
+                (k.vec_dot_q2_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
+            })
+        }
+        (WeightData::Q3K(wd), Acts::Q8K(a)) => {
+            mm(wd, bpr, n_tok, rows, row_bytes(a, bpr), out, |wr, t| {
+                (k.vec_dot_q3_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
+            })
+        }
+        (WeightData::IQ4XS(wd), Acts::Q8K(a)) => {
+            mm(wd, bpr, n_tok, rows, row_bytes(a, bpr), out, |wr, t| {
+                (k.vec_dot_iq4_xs_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
+            })
+        }
+        (WeightData::IQ4NL(wd), Acts::Q8_0(a)) => {
+            mm(wd, bpr, n_tok, rows, row_bytes(a, bpr), out, |wr, t| {
+                (k.vec_dot_iq4_nl_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
+            })
+        }
         // ActCache picks the format from the weight, so other pairings cannot be constructed.
         _ => unreachable!("activation format does not match the weight type"),
     }
+}
+
+/// Bytes of one token's activation row of `bpr` blocks of `a`'s block type.
+fn row_bytes<A>(_a: &[A], bpr: usize) -> usize {
+    bpr * std::mem::size_of::<A>()
 }
 
 /// The row-dot product through the scheduler: `dot(w_row, t)` is one weight row (`wbpr`
@@ -265,9 +278,7 @@ pub(crate) mod q8x {
     pub(crate) const NT: usize = 4;
 
     pub(crate) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
+        longquant_quants::simd::cpu::features().avx2_fma_f16c()
     }
 
     /// `out[t][r] = w[r] · a[t]` for tokens `t0..t0 + N` (N ≤ NT) of one weight row.

@@ -105,19 +105,10 @@ mod x86 {
 
         /// Whether this CPU has the instructions of `self`.
         pub(super) fn available(self) -> bool {
+            let f = longquant_quants::simd::cpu::features();
             match self {
-                Isa::Avx512 => {
-                    is_x86_feature_detected!("avx512f")
-                        && is_x86_feature_detected!("avx512bw")
-                        && is_x86_feature_detected!("avx512vl")
-                        && is_x86_feature_detected!("fma")
-                        && is_x86_feature_detected!("f16c")
-                }
-                Isa::Avx2 => {
-                    is_x86_feature_detected!("avx2")
-                        && is_x86_feature_detected!("fma")
-                        && is_x86_feature_detected!("f16c")
-                }
+                Isa::Avx512 => f.avx512f && f.avx512bw && f.avx512vl && f.fma && f.f16c,
+                Isa::Avx2 => f.avx2_fma_f16c(),
             }
         }
     }

@@ -355,13 +355,7 @@ mod x512 {
 
     /// Whether the CPU runs these kernels.
     pub(super) fn available() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
+        longquant_quants::simd::cpu::features().avx512_vnni()
     }
 
     /// An f16 bit pattern as f32, with F16C.

@@ -24,9 +24,7 @@ use std::arch::x86_64::*;
 
 /// Whether the CPU runs these kernels.
 pub(super) fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
+    longquant_quants::simd::cpu::features().avx2_fma_f16c()
 }
 
 /// An f16 bit pattern as f32 (exact, like `half`'s conversion in the row dot).

@@ -174,16 +174,10 @@ mod x86 {
 
     impl Isa {
         fn available(self) -> bool {
-            let avx2 = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c");
+            let f = longquant_quants::simd::cpu::features();
             match self {
-                Isa::Avx2 => avx2,
-                Isa::Vnni => {
-                    avx2 && std::arch::is_x86_feature_detected!("avx512f")
-                        && std::arch::is_x86_feature_detected!("avx512vl")
-                        && std::arch::is_x86_feature_detected!("avx512vnni")
-                }
+                Isa::Avx2 => f.avx2_fma_f16c(),
+                Isa::Vnni => f.avx2_fma_f16c() && f.avx512f && f.avx512vl && f.avx512vnni,
             }
         }
     }

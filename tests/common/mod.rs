@@ -153,7 +153,12 @@ pub fn llama_cpp_ppl_variation(name: &str) -> f64 {
                 let n = p.file_name().unwrap().to_string_lossy();
                 n.starts_with("smollm2_ppl") && n.ends_with(".json")
             })
-            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), read(&p)))
+            .map(|p| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    read(&p),
+                )
+            })
             .filter(|(_, d)| d["model_sha256"] == sha)
             .collect();
         let ppl = |d: &serde_json::Value| d["ppl"].as_f64().unwrap();
@@ -186,7 +191,10 @@ pub fn llama_cpp_ppl_variation(name: &str) -> f64 {
             }
         }
     }
-    assert!(seen > 0, "{name}: no llama.cpp variation measured on its model file");
+    assert!(
+        seen > 0,
+        "{name}: no llama.cpp variation measured on its model file"
+    );
     worst
 }
 

@@ -236,9 +236,7 @@ fn force_scalar() -> bool {
 /// The AVX2 + FMA + F16C table (`simd/avx2.rs`) when the CPU has all three.
 #[cfg(target_arch = "x86_64")]
 fn x86_64_avx2() -> Option<&'static Kernels> {
-    let supported = std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c");
+    let supported = cpu::features().avx2_fma_f16c();
     if !supported {
         return None;
     }
