@@ -16,7 +16,7 @@
 #    old binary reproduces llama.cpp's AVX-512 arithmetic), and llama.cpp's PPL beside ours;
 # 4. speed: ctx 512 × 4 chunks at 16 threads, new/old/llama.cpp alternated twice; thread scaling
 #    1..16 at ctx 512 × 1 chunk; ctx 8192 × 1 chunk at 16 threads.
-# Every result goes to OUTDIR/results.txt.
+# Every result goes to OUTDIR/results.txt. SKIP_OLD=1 leaves the old binary out.
 set -uo pipefail
 D=$(cd "${1:?DIR}" && pwd); O=${2:?OUTDIR}; mkdir -p "$O"
 R=$O/results.txt
@@ -70,7 +70,7 @@ PY
 
 log "== bit identity (AVX-512 class): new vs old per-chunk NLL, ctx 512, 2 chunks, 16 threads; llama.cpp (AVX-512, no AMX) beside"
 for m in $W/mt.F32.gguf $W/mt.Q8_0.gguf $W/mt.Q4_K_M.gguf $W/m8.Q4_K_M.gguf $W/m8.Q8_0.gguf; do
-  a=$(ours "$NEW" $m 512 2 16); b=$(ours "$OLD" $m 512 2 16)
+  a=$(ours "$NEW" $m 512 2 16); b=$([ -z "${SKIP_OLD:-}" ] && ours "$OLD" $m 512 2 16)
   same=no; [ "${a##* }" = "${b##* }" ] && same=yes
   l=$([ -x $LZ ] && llama $LZ $m 512 2 16)
   log "$(basename $m): new PPL ${a%% *}  old PPL ${b%% *}  identical NLLs: $same   llama.cpp-avx512 PPL ${l%% *}"
@@ -79,7 +79,7 @@ done
 log "== speed: ctx 512, 4 chunks, 16 threads, alternated (tokens/s)"
 for m in $W/m8.Q4_K_M.gguf $W/m8.Q8_0.gguf; do
   for rep in 1 2; do
-    n=$(ours "$NEW" $m 512 4 16); o=$(ours "$OLD" $m 512 4 16); l=$([ -x $LN ] && llama $LN $m 512 4 16)
+    n=$(ours "$NEW" $m 512 4 16); o=$([ -z "${SKIP_OLD:-}" ] && ours "$OLD" $m 512 4 16); l=$([ -x $LN ] && llama $LN $m 512 4 16)
     log "$(basename $m) rep $rep: new $(echo $n | cut -d' ' -f2)  old $(echo $o | cut -d' ' -f2)  llama.cpp-native $(echo $l | cut -d' ' -f2)"
   done
 done

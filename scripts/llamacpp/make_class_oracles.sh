@@ -31,14 +31,16 @@ ppl() { bash "$root/scripts/llamacpp/perplexity.sh" "$@"; }
 ppl 512 24 2 "$fix"
 for t in f32 q8_0 q4_k_m; do ppl 512 24 2 "$work/smol-$t.gguf" $t; done
 for t in q8_0 q4_k_m; do ppl 8192 1 2 "$work/smol-$t.gguf" $t; done
+export LLAMA_CPP_LIB_PATH=$bin LONGQUANT_ORACLE_CLASS=$class
+(cd "$root/scripts/llamacpp" && python3 smollm2_logits.py "$work" && python3 smollm2_selfdiff.py "$work")
 # llama.cpp against itself: the same runs with flash attention off, and with weight repacking off
 # (its repacked Q4_K GEMM and its plain Q4_K dot sum in other float steps, as our AVX2 tiles do).
 # At ctx 512 only (ctx 8192 costs four times as much on 2 cores); tests/common::ppl_tolerance
 # applies a file's variation to each of its oracles.
 var=$work/var; mkdir -p "$var/fa_off" "$var/no_repack"
+OUT_DIR=$var/no_repack EXTRA_ARGS="-nr" ppl 512 24 2 "$work/smol-q4_k_m.gguf" q4_k_m
 OUT_DIR=$var/fa_off EXTRA_ARGS="-fa off" ppl 512 24 2 "$fix"
 for t in f32 q8_0 q4_k_m; do OUT_DIR=$var/fa_off EXTRA_ARGS="-fa off" ppl 512 24 2 "$work/smol-$t.gguf" $t; done
-OUT_DIR=$var/no_repack EXTRA_ARGS="-nr" ppl 512 24 2 "$work/smol-q4_k_m.gguf" q4_k_m
 python3 - "$var" "$out/variation.json" "$class" <<'PY'
 import json, pathlib, sys
 var = pathlib.Path(sys.argv[1])
@@ -51,6 +53,4 @@ for kind in ("fa_off", "no_repack"):
                          for p in sorted((var / kind).glob("*.json"))}
 pathlib.Path(sys.argv[2]).write_text(json.dumps(doc, indent=1) + "\n")
 PY
-export LLAMA_CPP_LIB_PATH=$bin LONGQUANT_ORACLE_CLASS=$class
-(cd "$root/scripts/llamacpp" && python3 smollm2_logits.py "$work" && python3 smollm2_selfdiff.py "$work")
 echo "wrote $out"
