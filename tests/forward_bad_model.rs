@@ -154,20 +154,20 @@ fn missing_tensor_is_refused() {
 #[test]
 fn unsupported_type_and_architecture_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    // Q2_K is a valid ggml type the forward pass has no kernels for.
+    // IQ2_XXS is a valid ggml type the forward pass has no kernels for (issue 15's i-quants).
     let mut t = tensors();
     let i = t.iter().position(|x| x.0 == "blk.0.ffn_up.weight").unwrap();
     let blocks = (D / 256 * FF) as usize;
     t[i] = (
         "blk.0.ffn_up.weight".into(),
         vec![D, FF],
-        GgmlType::Q2_K,
-        vec![0u8; blocks * 84],
+        GgmlType::IQ2_XXS,
+        vec![0u8; blocks * 66],
     );
-    let file = write(dir.path(), "q2k.gguf", &metadata("llama"), &t);
+    let file = write(dir.path(), "iq2xxs.gguf", &metadata("llama"), &t);
     assert!(matches!(
         load_err(&file),
-        ModelError::UnsupportedType { tensor, ty: GgmlType::Q2_K } if tensor == "blk.0.ffn_up.weight"
+        ModelError::UnsupportedType { tensor, ty: GgmlType::IQ2_XXS } if tensor == "blk.0.ffn_up.weight"
     ));
 
     let file = write(dir.path(), "arch.gguf", &metadata("gpt2"), &tensors());
