@@ -150,13 +150,9 @@ fn smollm2_iq4_xs_ppl_ctx512_matches_llama_perplexity() {
     .unwrap();
     // Recorded with the AVX2-only build only; neither class is bit-exact for these types, so the
     // one oracle serves every host.
-    let doc: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            common::root().join("tests/data/llamacpp/avx2/smollm2_ppl_iq4_xs_ctx512_c4.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let doc = common::read_json(
+        &common::root().join("tests/data/llamacpp/avx2/smollm2_ppl_iq4_xs_ctx512_c4.json"),
+    );
     assert_eq!(
         common::sha256_file(&path),
         doc["model_sha256"].as_str().unwrap(),

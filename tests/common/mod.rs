@@ -119,8 +119,12 @@ pub fn oracle_path(name: &str) -> PathBuf {
 
 /// The JSON oracle tests/data/llamacpp/CLASS/NAME.
 pub fn oracle_json(name: &str) -> serde_json::Value {
-    let p = oracle_path(name);
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    read_json(&oracle_path(name))
+}
+
+/// A committed JSON file, panicking with its path on any error.
+pub fn read_json(p: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -136,10 +140,7 @@ pub fn oracle_json(name: &str) -> serde_json::Value {
 /// of 512 score 4,095 and 6,120 tokens, so their noise is of one size.
 pub fn llama_cpp_ppl_variation(name: &str) -> f64 {
     let base = root().join("tests/data/llamacpp");
-    let read = |p: &Path| -> serde_json::Value {
-        let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    };
+    let read = read_json;
     let sha = read(&base.join("avx2").join(name))["model_sha256"].clone();
     assert!(sha.is_string(), "{name}: no model_sha256");
     let mut worst: f64 = 0.0;
