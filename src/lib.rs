@@ -7,6 +7,8 @@ pub use longquant_quants as quants;
 
 pub mod chat_template;
 pub mod convert;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod eval;
 pub mod export;
 pub mod imatrix;

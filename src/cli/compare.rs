@@ -7,7 +7,7 @@ use longquant::eval::kld::{
     BaseResultsReader, BaseResultsWriter, CompareOptions, KldReport, KldSnapshot, DEFAULT_TOP_K,
 };
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType, Model};
+use longquant::model::{EvalOptions, KvType};
 use longquant::tokenizer::GgufTokenizer;
 use serde_json::{json, Value};
 use std::io::IsTerminal;
@@ -45,6 +45,13 @@ pub struct Args {
     /// Use base results saved by --save-base instead of running --base (KLD then approximate, bounds reported).
     #[arg(long, conflicts_with = "base")]
     base_results: Option<PathBuf>,
+    /// Where the model's forward pass runs: cpu, cuda or cuda:N (needs `--features cuda`).
+    #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
+    device: super::device::Device,
+    /// Where the base's forward pass runs (default: --device). `--base-device cpu --device
+    /// cuda` with the same file for both measures the GPU against the CPU.
+    #[arg(long, value_parser = super::device::parse)]
+    base_device: Option<super::device::Device>,
 }
 
 /// Sets the size of rayon's global pool: the forward passes run on plain threads (see
@@ -73,8 +80,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     };
     let qfile =
         GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
-    let model =
-        Model::load(&qfile).with_context(|| format!("loading model {}", a.model.display()))?;
+    let model = super::device::load(&qfile, &a.model, a.device)?;
 
     let bar = ProgressBar::new(0);
     if json_out || !std::io::stderr().is_terminal() {
@@ -110,7 +116,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         }
         let r = compare_with_saved(
             &mut reader,
-            &model,
+            model.as_ref(),
             vocab_fingerprint(qfile.metadata()),
             &o,
             &mut progress,
@@ -125,8 +131,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             .with_context(|| format!("opening {}", base_path.display()))?;
         check_same_vocab(&bfile, &qfile)
             .with_context(|| format!("{} vs {}", base_path.display(), a.model.display()))?;
-        let base = Model::load(&bfile)
-            .with_context(|| format!("loading model {}", base_path.display()))?;
+        let base = super::device::load(&bfile, base_path, a.base_device.unwrap_or(a.device))?;
         let tok = GgufTokenizer::from_gguf(&bfile)
             .with_context(|| format!("building the tokenizer of {}", base_path.display()))?;
         let text = std::fs::read_to_string(text_path)
@@ -144,8 +149,8 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             None => None,
         };
         let r = compare_models(
-            &base,
-            &model,
+            base.as_ref(),
+            model.as_ref(),
             &tokens,
             bos,
             &opts,
@@ -171,6 +176,11 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             m.insert("base".into(), json!(base_name));
             m.insert("kv_type".into(), json!(a.kv_type));
             m.insert("threads".into(), json!(rayon::current_num_threads()));
+            m.insert("device".into(), json!(a.device.to_string()));
+            m.insert(
+                "base_device".into(),
+                json!(a.base_device.unwrap_or(a.device).to_string()),
+            );
         }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {

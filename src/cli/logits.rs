@@ -2,7 +2,7 @@
 //! pass's logits, for comparing with other implementations.
 use anyhow::{bail, Context};
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType, Model};
+use longquant::model::{EvalOptions, KvType};
 use longquant::tokenizer::GgufTokenizer;
 use serde_json::json;
 use std::path::PathBuf;
@@ -23,6 +23,9 @@ pub struct Args {
     /// K/V precision: f16 (llama.cpp's default) or f32.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     kv_type: String,
+    /// Where the forward pass runs: cpu, cuda or cuda:N (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
+    device: super::device::Device,
 }
 
 fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
@@ -40,8 +43,7 @@ fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
 pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     let file =
         GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
-    let model =
-        Model::load(&file).with_context(|| format!("loading model {}", a.model.display()))?;
+    let model = super::device::load(&file, &a.model, a.device)?;
     let tok = GgufTokenizer::from_gguf(&file).context("building the tokenizer")?;
     let ids = match (&a.prompt, &a.tokens) {
         (Some(p), None) => tok.encode(p, true, true)?,

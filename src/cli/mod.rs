@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 mod compare;
 mod convert;
+mod device;
+mod devices;
 mod export_hf;
 mod imatrix;
 mod inspect;
@@ -48,6 +50,8 @@ enum Command {
     Imatrix(imatrix::Args),
     /// Make several quantization levels, compare each with the unquantized reference, tabulate, plot and recommend.
     Sweep(sweep::Args),
+    /// The CUDA devices this build can use (--check: self-test of the GPU kernels).
+    Devices(devices::Args),
 }
 
 /// Exit codes: distinct for bad input, I/O failure and refusals for safety, so scripts can tell them apart.
@@ -82,6 +86,7 @@ pub fn main() -> ExitCode {
         Command::Sweep(a) => sweep::run(a, cli.json),
         Command::Imatrix(a) => imatrix::run(a, cli.json),
         Command::ExportHf(a) => export_hf::run(a, cli.json),
+        Command::Devices(a) => devices::run(a, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

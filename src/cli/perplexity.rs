@@ -3,7 +3,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use longquant::eval::perplexity::{perplexity, PerplexityOptions};
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType, Model};
+use longquant::model::{EvalOptions, KvType};
 use longquant::tokenizer::GgufTokenizer;
 use serde_json::json;
 use std::io::IsTerminal;
@@ -28,13 +28,15 @@ pub struct Args {
     /// K/V precision: f16 (llama.cpp's default) or f32.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     kv_type: String,
+    /// Where the forward pass runs: cpu, cuda or cuda:N (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
+    device: super::device::Device,
 }
 
 pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     let file =
         GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
-    let model =
-        Model::load(&file).with_context(|| format!("loading model {}", a.model.display()))?;
+    let model = super::device::load(&file, &a.model, a.device)?;
     let tok = GgufTokenizer::from_gguf(&file)
         .with_context(|| format!("building the tokenizer of {}", a.model.display()))?;
     let text = std::fs::read_to_string(&a.file)
@@ -68,7 +70,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     );
     let res = pool
         .install(|| {
-            perplexity(&model, &tok, &text, &opts, &mut |done, total, ppl| {
+            perplexity(model.as_ref(), &tok, &text, &opts, &mut |done, total, ppl| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
                 bar.set_message(format!("PPL {ppl:.4}"));
@@ -96,6 +98,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             "seconds": res.seconds,
             "tokens_per_second": res.tokens_per_second,
             "threads": pool.current_num_threads(),
+            "device": model.device_name(),
             "kv_type": a.kv_type,
             "chunks": res.chunks,
             "by_position": res.by_position.iter().map(|b| json!({
@@ -122,13 +125,14 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             );
         }
         println!(
-            "Final estimate: PPL = {:.4} +/- {:.5}  ({} tokens scored, {} chunks of {}, {:.1} tokens/s)",
+            "Final estimate: PPL = {:.4} +/- {:.5}  ({} tokens scored, {} chunks of {}, {:.1} tokens/s on {})",
             res.ppl,
             res.ppl_stderr,
             res.n_tokens_scored,
             res.chunks.len(),
             res.n_ctx,
-            res.tokens_per_second
+            res.tokens_per_second,
+            model.device_name()
         );
     }
     Ok(())

@@ -39,7 +39,7 @@
 //! probability; loose).
 use crate::formats::atomic::AtomicFile;
 use crate::formats::gguf::{GgufFile, Metadata, Value};
-use crate::model::{EvalOptions, Model, ModelError};
+use crate::model::{EvalOptions, Evaluator, ModelError};
 use crate::tokenizer::{GgufTokenizer, TokenizerError};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -996,8 +996,8 @@ type LockstepSink<'a> = dyn FnMut(usize, &[f32], usize, &[f32]) + Send + 'a;
 /// parallel kernels use rayon's global pool. The base's thread blocks when [`LOCKSTEP_DEPTH`]
 /// positions wait for the model, which bounds memory to that many vocab-sized vectors.
 fn lockstep_chunk(
-    base: &Model<'_>,
-    model: &Model<'_>,
+    base: &dyn Evaluator,
+    model: &dyn Evaluator,
     chunk: &[u32],
     first: usize,
     eval: &EvalOptions,
@@ -1063,28 +1063,28 @@ fn lockstep_chunk(
 /// `bos` replaces the first token of every chunk). When `save` is given, the base's compact
 /// per-position results are written to it as well.
 pub fn compare_models(
-    base: &Model<'_>,
-    model: &Model<'_>,
+    base: &dyn Evaluator,
+    model: &dyn Evaluator,
     tokens: &[u32],
     bos: Option<u32>,
     opts: &CompareOptions,
     mut save: Option<&mut BaseResultsWriter>,
     progress: &mut dyn FnMut(usize, usize, &KldSnapshot),
 ) -> Result<KldReport, KldError> {
-    if base.config.n_vocab != model.config.n_vocab {
+    if base.config().n_vocab != model.config().n_vocab {
         return Err(KldError::VocabMismatch(format!(
             "{} vs {} tokens",
-            base.config.n_vocab, model.config.n_vocab
+            base.config().n_vocab, model.config().n_vocab
         )));
     }
-    let max_ctx = base.config.context_length.min(model.config.context_length);
+    let max_ctx = base.config().context_length.min(model.config().context_length);
     let n_chunk = plan_chunks(tokens.len(), opts, max_ctx)?;
     let n_ctx = opts.n_ctx;
     let first = n_ctx / 2;
     if let Some(w) = save.as_deref_mut() {
         w.write_header(
             n_ctx,
-            base.config.n_vocab,
+            base.config().n_vocab,
             n_chunk,
             bos,
             &tokens[..n_chunk * n_ctx],
@@ -1165,19 +1165,19 @@ impl KldSnapshot {
 /// Evaluates only the base and writes its compact results (what `--save-base` stores), e.g. once
 /// for a sweep's reference.
 pub fn save_base_results(
-    base: &Model<'_>,
+    base: &dyn Evaluator,
     tokens: &[u32],
     bos: Option<u32>,
     opts: &CompareOptions,
     out: &mut BaseResultsWriter,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<(), KldError> {
-    let n_chunk = plan_chunks(tokens.len(), opts, base.config.context_length)?;
+    let n_chunk = plan_chunks(tokens.len(), opts, base.config().context_length)?;
     let n_ctx = opts.n_ctx;
     let first = n_ctx / 2;
     out.write_header(
         n_ctx,
-        base.config.n_vocab,
+        base.config().n_vocab,
         n_chunk,
         bos,
         &tokens[..n_chunk * n_ctx],
@@ -1217,16 +1217,16 @@ pub fn save_base_results(
 /// `opts.n_ctx` must equal the file's, and `opts.max_chunks` may evaluate fewer chunks.
 pub fn compare_with_saved(
     saved: &mut BaseResultsReader,
-    model: &Model<'_>,
+    model: &dyn Evaluator,
     model_vocab: Option<u64>,
     opts: &CompareOptions,
     progress: &mut dyn FnMut(usize, usize, &KldSnapshot),
 ) -> Result<KldReport, KldError> {
     let h = saved.header.clone();
-    if h.n_vocab as usize != model.config.n_vocab {
+    if h.n_vocab as usize != model.config().n_vocab {
         return Err(KldError::VocabMismatch(format!(
             "base results have {} tokens, the model {}",
-            h.n_vocab, model.config.n_vocab
+            h.n_vocab, model.config().n_vocab
         )));
     }
     if let Some(v) = model_vocab {
@@ -1243,10 +1243,10 @@ pub fn compare_with_saved(
             opts.n_ctx
         )));
     }
-    if n_ctx > model.config.context_length {
+    if n_ctx > model.config().context_length {
         return Err(KldError::ContextTooLong {
             requested: n_ctx,
-            max: model.config.context_length,
+            max: model.config().context_length,
         });
     }
     let n_chunk = opts

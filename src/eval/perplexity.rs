@@ -10,7 +10,7 @@
 //! - NLL per token from a log-softmax with an f32 max and an f64 sum of `expf`; PPL = exp(mean
 //!   NLL); the error is `sqrt(var(NLL)/(count-1)) · PPL` with `var = mean(NLL²) − mean(NLL)²`.
 use super::chunks::plan_chunks;
-use crate::model::{EvalOptions, Model, ModelError};
+use crate::model::{EvalOptions, Evaluator, ModelError};
 use crate::tokenizer::{GgufTokenizer, TokenizerError};
 use std::time::Instant;
 
@@ -106,18 +106,12 @@ const BUCKETS: [(usize, usize); 5] = [
     (65536, usize::MAX),
 ];
 
-/// Negative log-likelihood of `target` under `logits`, computed as llama.cpp's `log_softmax`.
-pub fn nll(logits: &[f32], target: usize) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum_exp: f64 = logits.iter().map(|&v| (v - max).exp() as f64).sum();
-    let lt = logits.get(target).copied().unwrap_or(f32::NEG_INFINITY);
-    sum_exp.ln() - (lt - max) as f64
-}
+pub use crate::model::evaluator::nll;
 
 /// Tokenizes `text` as llama-perplexity does (BOS per the model, special tokens not parsed) and
 /// runs [`perplexity_tokens`].
 pub fn perplexity(
-    model: &Model<'_>,
+    model: &dyn Evaluator,
     tokenizer: &GgufTokenizer,
     text: &str,
     opts: &PerplexityOptions,
@@ -157,7 +151,7 @@ impl From<super::chunks::ChunkError> for PerplexityError {
 /// Perplexity of a tokenized text. `bos`: when `Some`, the first token of every chunk is
 /// replaced by it for evaluation. `progress(done, total, running_ppl)` is called after each chunk.
 pub fn perplexity_tokens(
-    model: &Model<'_>,
+    model: &dyn Evaluator,
     tokens: &[u32],
     bos: Option<u32>,
     opts: &PerplexityOptions,
@@ -168,7 +162,7 @@ pub fn perplexity_tokens(
         tokens.len(),
         n_ctx,
         4,
-        model.config.context_length,
+        model.config().context_length,
         opts.max_chunks,
     )?;
     let first = n_ctx / 2;
@@ -186,21 +180,23 @@ pub fn perplexity_tokens(
             chunk_tokens[0] = b;
         }
         let (mut cs, mut cn) = (0.0f64, 0usize);
-        model.eval(&chunk_tokens, first, &opts.eval, &mut |pos, logits| {
-            // The last position has no target inside the chunk.
-            if pos + 1 >= n_ctx {
-                return;
-            }
-            let v = nll(logits, orig[pos + 1] as usize);
-            cs += v;
-            cn += 1;
-            sum2 += v * v;
-            let p = pos + 1;
-            if let Some(i) = BUCKETS.iter().position(|&(a, b)| p >= a && p < b) {
-                bucket_sum[i] += v;
-                bucket_n[i] += 1;
-            }
-        })?;
+        // The last position has no target inside the chunk.
+        model.eval_nll(
+            &chunk_tokens,
+            first,
+            &orig[first + 1..],
+            &opts.eval,
+            &mut |pos, v| {
+                cs += v;
+                cn += 1;
+                sum2 += v * v;
+                let p = pos + 1;
+                if let Some(i) = BUCKETS.iter().position(|&(a, b)| p >= a && p < b) {
+                    bucket_sum[i] += v;
+                    bucket_n[i] += 1;
+                }
+            },
+        )?;
         sum += cs;
         count += cn;
         chunks.push(if cn > 0 { cs / cn as f64 } else { f64::NAN });

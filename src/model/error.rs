@@ -80,4 +80,7 @@ pub enum ModelError {
         /// `{arch}.context_length`.
         max: usize,
     },
+    /// The device backend (GPU) failed.
+    #[error("{0}")]
+    Device(String),
 }

@@ -405,7 +405,7 @@ impl<'a> Model<'a> {
     }
 
     /// Checks that `tokens` can be appended at position `p0`.
-    fn check_tokens(&self, tokens: &[u32], p0: usize) -> Result<(), ModelError> {
+    pub(crate) fn check_tokens(&self, tokens: &[u32], p0: usize) -> Result<(), ModelError> {
         let cfg = &self.config;
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput);
@@ -613,13 +613,14 @@ impl<'a> Model<'a> {
 /// cos/sin of every rotated pair at every position, computed as ggml's `ggml_rope_cache_init`
 /// does for mode 0: θ starts at the position and is multiplied by `base^(-2/n_rot)` per pair;
 /// `rope_freqs` factors divide θ. Row `r` of the table is position `p0 + r`.
-struct RopeTable {
+pub(crate) struct RopeTable {
     half: usize,
     cs: Vec<(f32, f32)>,
 }
 
 impl RopeTable {
-    fn new(cfg: &LlamaConfig, freqs: Option<&[f32]>, p0: usize, n: usize) -> Self {
+    /// The table for positions `p0..p0 + n`.
+    pub(crate) fn new(cfg: &LlamaConfig, freqs: Option<&[f32]>, p0: usize, n: usize) -> Self {
         let half = cfg.n_rot / 2;
         let theta_scale = cfg.rope_freq_base.powf(-2.0 / cfg.n_rot as f32);
         let mut cs = vec![(0.0f32, 0.0f32); n * half];
@@ -633,6 +634,12 @@ impl RopeTable {
             }
         });
         Self { half, cs }
+    }
+
+    /// The table as `[position][pair][cos, sin]` f32 values (for a device backend).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn flat(&self) -> Vec<f32> {
+        self.cs.iter().flat_map(|&(c, s)| [c, s]).collect()
     }
 
     /// Rotates adjacent pairs (2i, 2i+1) of the first `n_rot` dims of every head of every row;

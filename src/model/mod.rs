@@ -3,6 +3,7 @@
 //! token chunk ([`forward`]) with llama.cpp's numerics.
 pub mod config;
 mod error;
+pub mod evaluator;
 pub mod forward;
 mod kernels;
 mod mm_float;
@@ -15,6 +16,7 @@ pub mod weights;
 
 pub use config::LlamaConfig;
 pub use error::ModelError;
+pub use evaluator::Evaluator;
 pub use forward::{EvalOptions, KvType, Model, Session, SessionOptions};
 pub use weights::DequantizedTensors;
 

@@ -87,6 +87,32 @@ impl Weight<'_> {
         }
     }
 
+    /// The stored bytes (rows back to back, in the stored block type).
+    pub fn bytes(&self) -> &[u8] {
+        fn raw<T>(s: &[T]) -> &[u8] {
+            // SAFETY: every block type here is plain old data (`Block`: repr(C), no padding
+            // invariants, any bit pattern valid to read as bytes).
+            unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, std::mem::size_of_val(s)) }
+        }
+        match self.data {
+            WeightData::F32(d) => raw(d),
+            WeightData::F16(d) => raw(d),
+            WeightData::BF16(d) => raw(d),
+            WeightData::Q4_0(d) => raw(d),
+            WeightData::Q4_1(d) => raw(d),
+            WeightData::Q5_0(d) => raw(d),
+            WeightData::Q5_1(d) => raw(d),
+            WeightData::Q8_0(d) => raw(d),
+            WeightData::Q4K(d) => raw(d),
+            WeightData::Q5K(d) => raw(d),
+            WeightData::Q6K(d) => raw(d),
+            WeightData::Q2K(d) => raw(d),
+            WeightData::Q3K(d) => raw(d),
+            WeightData::IQ4NL(d) => raw(d),
+            WeightData::IQ4XS(d) => raw(d),
+        }
+    }
+
     /// Dequantizes row `r` into `out` (`out.len() == cols`). `r < rows` is the caller's
     /// invariant (token ids are range-checked before lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {

@@ -1,0 +1,520 @@
+//! The Llama forward pass on one GPU, behind the same [`Evaluator`] interface as the CPU path.
+//!
+//! Weights are uploaded once in their stored GGUF type; before a layer runs, its seven matrices
+//! are dequantized to f16 in a scratch buffer and every product is a cuBLAS f16 × f16 → f32
+//! tensor-core GEMM. The chunk goes through the model layer by layer, token tile by token tile,
+//! as on the CPU: only one layer's K/V cache exists (f16, `[kv_head][pos][dim]`), so memory is
+//! O(n). Attention, per block of queries and per KV head (its whole query group in one batched
+//! product): scores `S = Q Kᵀ / √d` for the keys up to the block's end (f32), a causal softmax to
+//! f16 probabilities `P`, and `O = P V` written straight into the attention output. Scoring runs
+//! where the logits are: [`Evaluator::eval_nll`] brings back one f64 per position.
+//!
+//! Numerics against the CPU path: weights and the inputs of every product are rounded to f16
+//! (the CPU quantizes activations to 8 bits instead), sums are f32 on tensor cores; RMSNorm,
+//! RoPE (the same cos/sin table), SwiGLU and the log-softmax follow the CPU's arithmetic.
+use super::gpu::{CudaError, DevMem, Dt, Gpu, Mat};
+use crate::model::forward::RopeTable;
+use crate::model::weights::Weight;
+use crate::model::{EvalOptions, Evaluator, KvType, LlamaConfig, Model, ModelError};
+use longquant_formats::gguf::GgufFile;
+use longquant_quants::BlockFormat;
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Tokens per tile of the projections and the FFN.
+const TILE: usize = 2048;
+/// Queries per attention block (bounds the score buffer to `group × TQ × n` f32).
+const TQ: usize = 512;
+/// Positions per output-head tile (bounds the logits buffer to `TH × n_vocab` f32).
+const TH: usize = 512;
+
+/// A weight matrix on the device, in its stored type.
+struct DevWeight {
+    mem: DevMem,
+    /// The dequantizing kernel (`dq_q4_k`, ...).
+    kernel: &'static str,
+    /// Already f16: multiplied in place.
+    is_f16: bool,
+    rows: usize,
+    cols: usize,
+}
+
+impl DevWeight {
+    fn elems(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+struct DevLayer {
+    attn_norm: DevMem,
+    ffn_norm: DevMem,
+    /// q, k, v, o, gate, up, down.
+    w: [DevWeight; 7],
+}
+
+/// A Llama model resident on one GPU.
+pub struct CudaModel<'a> {
+    host: Model<'a>,
+    gpu: Mutex<Gpu>,
+    layers: Vec<DevLayer>,
+    output_norm: DevMem,
+    output: DevWeight,
+    name: String,
+    /// Bytes of weights on the device.
+    pub weight_bytes: usize,
+}
+
+fn kernel_for(f: BlockFormat) -> Option<&'static str> {
+    use BlockFormat as F;
+    Some(match f {
+        F::F32 => "dq_f32",
+        F::F16 => "dq_f16",
+        F::BF16 => "dq_bf16",
+        F::Q4_0 => "dq_q4_0",
+        F::Q4_1 => "dq_q4_1",
+        F::Q5_0 => "dq_q5_0",
+        F::Q5_1 => "dq_q5_1",
+        F::Q8_0 => "dq_q8_0",
+        F::Q2_K => "dq_q2_k",
+        F::Q3_K => "dq_q3_k",
+        F::Q4_K => "dq_q4_k",
+        F::Q5_K => "dq_q5_k",
+        F::Q6_K => "dq_q6_k",
+        F::IQ4_NL => "dq_iq4_nl",
+        F::IQ4_XS => "dq_iq4_xs",
+        _ => return None,
+    })
+}
+
+fn dev(e: CudaError) -> ModelError {
+    ModelError::Device(e.to_string())
+}
+
+impl<'a> CudaModel<'a> {
+    /// Checks and borrows the model in `file` (as [`Model::load`]) and uploads it to CUDA
+    /// device `ordinal`.
+    pub fn load(file: &'a GgufFile, ordinal: usize) -> Result<Self, ModelError> {
+        let host = Model::load(file)?;
+        let gpu = Gpu::open(ordinal).map_err(dev)?;
+        let name = gpu.name.clone();
+        let mut weight_bytes = 0usize;
+        let mut up_w = |w: &Weight<'_>, what: &str| -> Result<DevWeight, ModelError> {
+            let f = w.format();
+            let kernel = kernel_for(f).ok_or_else(|| {
+                ModelError::UnsupportedFeature(format!("{f:?} weights on the CUDA backend"))
+            })?;
+            let bytes = w.bytes();
+            weight_bytes += bytes.len();
+            Ok(DevWeight {
+                mem: gpu.upload_new(bytes, what).map_err(dev)?,
+                kernel,
+                is_f16: f == BlockFormat::F16,
+                rows: w.rows,
+                cols: w.cols,
+            })
+        };
+        let mut layers = Vec::with_capacity(host.weights.layers.len());
+        for (il, l) in host.weights.layers.iter().enumerate() {
+            let what = format!("layer {il}'s weights");
+            let w = [
+                up_w(&l.wq, &what)?,
+                up_w(&l.wk, &what)?,
+                up_w(&l.wv, &what)?,
+                up_w(&l.wo, &what)?,
+                up_w(&l.gate, &what)?,
+                up_w(&l.up, &what)?,
+                up_w(&l.down, &what)?,
+            ];
+            layers.push(DevLayer {
+                attn_norm: gpu.upload_new(&l.attn_norm, &what).map_err(dev)?,
+                ffn_norm: gpu.upload_new(&l.ffn_norm, &what).map_err(dev)?,
+                w,
+            });
+        }
+        let output = up_w(&host.weights.output, "the output head")?;
+        let output_norm = gpu
+            .upload_new(&host.weights.output_norm, "the output norm")
+            .map_err(dev)?;
+        Ok(Self {
+            host,
+            gpu: Mutex::new(gpu),
+            layers,
+            output_norm,
+            output,
+            name,
+            weight_bytes,
+        })
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize), ModelError> {
+        self.gpu.lock().unwrap().mem_info().map_err(dev)
+    }
+
+    /// Dequantizes `w` into `scratch` unless it is f16 already; returns the f16 address.
+    fn f16_of(gpu: &Gpu, w: &DevWeight, scratch: &DevMem) -> Result<u64, CudaError> {
+        if w.is_f16 {
+            return Ok(w.mem.ptr);
+        }
+        let n = w.elems() as i64;
+        gpu.launch_n(w.kernel, w.elems(), &[&w.mem.ptr, &scratch.ptr, &n])?;
+        Ok(scratch.ptr)
+    }
+
+    /// `y (nt × rows, f32) = x (nt × cols, f16) · Wᵀ`.
+    fn matmul(gpu: &Gpu, w16: u64, w: &DevWeight, x: u64, nt: usize, y: u64) -> Result<(), CudaError> {
+        gpu.gemm(
+            nt,
+            w.rows,
+            w.cols,
+            1.0,
+            Mat { ptr: x, ld: w.cols, stride: 0, dt: Dt::F16 },
+            false,
+            Mat { ptr: w16, ld: w.cols, stride: 0, dt: Dt::F16 },
+            true,
+            0.0,
+            Mat { ptr: y, ld: w.rows, stride: 0, dt: Dt::F32 },
+            1,
+        )
+    }
+
+    fn run(&self, tokens: &[u32], from: usize, head: Head<'_>) -> Result<(), CudaError> {
+        let cfg = &self.host.config;
+        let gpu = self.gpu.lock().unwrap();
+        let n = tokens.len();
+        let (d, dkv, ff) = (cfg.n_embd, cfg.n_embd_kv(), cfg.n_ff);
+        let (nh, nkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
+        let group = nh / nkv;
+        let eps = cfg.rms_eps;
+        let scale = 1.0f32 / (hd as f32).sqrt();
+
+        // The residual stream starts as the embeddings, looked up on the host.
+        let mut xh = vec![0.0f32; n * d];
+        let embd = &self.host.weights.token_embd;
+        xh.par_chunks_mut(d)
+            .enumerate()
+            .for_each(|(i, row)| embd.dequantize_row(tokens[i] as usize, row));
+        let x = gpu.upload_new(&xh, "the residual stream")?;
+        drop(xh);
+        let rope = RopeTable::new(cfg, self.host.weights.rope_freqs.as_deref(), 0, n).flat();
+        let cs = gpu.upload_new(&rope, "the RoPE table")?;
+        drop(rope);
+
+        let tile = n.min(TILE);
+        let tq = tile.min(TQ);
+        let ld_max = n.next_multiple_of(8);
+        let xn = gpu.alloc(tile * d * 2, "normed activations")?;
+        let qf = gpu.alloc(tile * d * 4, "queries")?;
+        let kf = gpu.alloc(tile * dkv * 4, "keys")?;
+        let vf = gpu.alloc(tile * dkv * 4, "values")?;
+        let qh = gpu.alloc(tile * d * 2, "queries")?;
+        let ao = gpu.alloc(tile * d * 2, "attention output")?;
+        let of = gpu.alloc(tile * d * 4, "projection output")?;
+        let gf = gpu.alloc(tile * ff * 4, "FFN gate")?;
+        let uf = gpu.alloc(tile * ff * 4, "FFN up")?;
+        let hh = gpu.alloc(tile * ff * 2, "FFN hidden")?;
+        let kc = gpu.alloc(nkv * n * hd * 2, "the K cache")?;
+        let vc = gpu.alloc(nkv * n * hd * 2, "the V cache")?;
+        let sc = gpu.alloc(group * tq * ld_max * 4, "attention scores")?;
+        let pr = gpu.alloc(group * tq * ld_max * 2, "attention probabilities")?;
+        let max_w = self
+            .layers
+            .iter()
+            .flat_map(|l| l.w.iter().map(|w| w.elems()))
+            .max()
+            .unwrap_or(0);
+        // One scratch per matrix of a layer, so each is dequantized once per layer.
+        let scratch: Vec<DevMem> = (0..7)
+            .map(|i| {
+                let m = self.layers.iter().map(|l| l.w[i].elems()).max().unwrap_or(0);
+                gpu.alloc(m.min(max_w) * 2, "dequantized weights")
+            })
+            .collect::<Result<_, _>>()?;
+
+        let (i_nt, i_n, i_nh, i_nkv, i_hd, i_rot) = (
+            0i32,
+            n as i64,
+            nh as i32,
+            nkv as i32,
+            hd as i32,
+            cfg.n_rot as i32,
+        );
+        let _ = (i_nt, i_n);
+        for l in &self.layers {
+            let mut w16 = [0u64; 7];
+            for (i, w) in l.w.iter().enumerate() {
+                w16[i] = Self::f16_of(&gpu, w, &scratch[i])?;
+            }
+            for t0 in (0..n).step_by(tile) {
+                let nt = tile.min(n - t0);
+                let xt = x.at(t0 * d * 4);
+                let di = d as i32;
+                gpu.launch("rms_norm_f16", nt as u32, 256, &[&xt, &l.attn_norm.ptr, &xn.ptr, &di, &eps])?;
+                Self::matmul(&gpu, w16[0], &l.w[0], xn.ptr, nt, qf.ptr)?;
+                Self::matmul(&gpu, w16[1], &l.w[1], xn.ptr, nt, kf.ptr)?;
+                Self::matmul(&gpu, w16[2], &l.w[2], xn.ptr, nt, vf.ptr)?;
+                let (nt_i, p0_i, cap) = (nt as i32, t0 as i32, n as i64);
+                gpu.launch_n(
+                    "rope_store",
+                    nt * (nh + nkv) * (hd / 2),
+                    &[
+                        &qf.ptr, &kf.ptr, &vf.ptr, &cs.ptr, &qh.ptr, &kc.ptr, &vc.ptr, &nt_i,
+                        &p0_i, &i_nh, &i_nkv, &i_hd, &i_rot, &cap,
+                    ],
+                )?;
+                // Attention of the tile's queries, block by block.
+                for qb0 in (t0..t0 + nt).step_by(tq) {
+                    let nq = tq.min(t0 + nt - qb0);
+                    let nk = qb0 + nq;
+                    let ld = nk.next_multiple_of(8);
+                    for g in 0..nkv {
+                        let q_at = qh.at(((qb0 - t0) * nh + g * group) * hd * 2);
+                        gpu.gemm(
+                            nq,
+                            nk,
+                            hd,
+                            scale,
+                            Mat { ptr: q_at, ld: nh * hd, stride: hd, dt: Dt::F16 },
+                            false,
+                            Mat { ptr: kc.at(g * n * hd * 2), ld: hd, stride: 0, dt: Dt::F16 },
+                            true,
+                            0.0,
+                            Mat { ptr: sc.ptr, ld, stride: nq * ld, dt: Dt::F32 },
+                            group,
+                        )?;
+                        let (ld_i, nq_i, q0_i, nk_i) = (ld as i64, nq as i32, qb0 as i32, nk as i32);
+                        gpu.launch(
+                            "softmax_causal",
+                            (group * nq) as u32,
+                            256,
+                            &[&sc.ptr, &pr.ptr, &ld_i, &nq_i, &q0_i, &nk_i],
+                        )?;
+                        let o_at = ao.at(((qb0 - t0) * nh + g * group) * hd * 2);
+                        gpu.gemm(
+                            nq,
+                            hd,
+                            nk,
+                            1.0,
+                            Mat { ptr: pr.ptr, ld, stride: nq * ld, dt: Dt::F16 },
+                            false,
+                            Mat { ptr: vc.at(g * n * hd * 2), ld: hd, stride: 0, dt: Dt::F16 },
+                            false,
+                            0.0,
+                            Mat { ptr: o_at, ld: nh * hd, stride: hd, dt: Dt::F16 },
+                            group,
+                        )?;
+                    }
+                }
+                let ne = (nt * d) as i64;
+                Self::matmul(&gpu, w16[3], &l.w[3], ao.ptr, nt, of.ptr)?;
+                gpu.launch_n("add_in_place", nt * d, &[&xt, &of.ptr, &ne])?;
+                gpu.launch("rms_norm_f16", nt as u32, 256, &[&xt, &l.ffn_norm.ptr, &xn.ptr, &di, &eps])?;
+                Self::matmul(&gpu, w16[4], &l.w[4], xn.ptr, nt, gf.ptr)?;
+                Self::matmul(&gpu, w16[5], &l.w[5], xn.ptr, nt, uf.ptr)?;
+                let nf = (nt * ff) as i64;
+                gpu.launch_n("swiglu_f16", nt * ff, &[&gf.ptr, &uf.ptr, &hh.ptr, &nf])?;
+                Self::matmul(&gpu, w16[6], &l.w[6], hh.ptr, nt, of.ptr)?;
+                gpu.launch_n("add_in_place", nt * d, &[&xt, &of.ptr, &ne])?;
+            }
+        }
+        drop(scratch);
+
+        // Final norm and output head, TH positions at a time; scoring on the device.
+        let nv = cfg.n_vocab;
+        let end = match &head {
+            Head::Logits(_) => n,
+            Head::Nll { targets, .. } => (from + targets.len()).min(n),
+        };
+        if from < end {
+            let th = TH.min(end - from);
+            let head_w = gpu.alloc(self.output.elems() * 2, "the dequantized output head")?;
+            let w16 = Self::f16_of(&gpu, &self.output, &head_w)?;
+            let logits = gpu.alloc(th * nv * 4, "logits")?;
+            let xn2 = gpu.alloc(th * d * 2, "normed activations")?;
+            let tg = gpu.alloc(th * 4, "targets")?;
+            let nl = gpu.alloc(th * 8, "NLL values")?;
+            let mut host_logits = match &head {
+                Head::Logits(_) => vec![0.0f32; th * nv],
+                Head::Nll { .. } => Vec::new(),
+            };
+            let mut host_nll = vec![0.0f64; th];
+            let mut head = head;
+            let (di, nv_i) = (d as i32, nv as i32);
+            for r0 in (from..end).step_by(th) {
+                let np = th.min(end - r0);
+                let xr = x.at(r0 * d * 4);
+                gpu.launch("rms_norm_f16", np as u32, 256, &[&xr, &self.output_norm.ptr, &xn2.ptr, &di, &eps])?;
+                Self::matmul(&gpu, w16, &self.output, xn2.ptr, np, logits.ptr)?;
+                match &mut head {
+                    Head::Logits(f) => {
+                        gpu.download(&mut host_logits[..np * nv], logits.ptr)?;
+                        for (i, row) in host_logits[..np * nv].chunks(nv).enumerate() {
+                            f(r0 + i, row);
+                        }
+                    }
+                    Head::Nll { targets, on } => {
+                        gpu.upload(tg.ptr, &targets[r0 - from..r0 - from + np])?;
+                        gpu.launch("nll_rows", np as u32, 256, &[&logits.ptr, &tg.ptr, &nl.ptr, &nv_i])?;
+                        gpu.download(&mut host_nll[..np], nl.ptr)?;
+                        for (i, &v) in host_nll[..np].iter().enumerate() {
+                            on(r0 + i, v);
+                        }
+                    }
+                }
+            }
+        }
+        gpu.sync()
+    }
+
+    fn check(&self, tokens: &[u32], opts: &EvalOptions) -> Result<(), ModelError> {
+        if opts.kv_type != KvType::F16 {
+            return Err(ModelError::UnsupportedFeature(
+                "the CUDA backend keeps K/V in f16 (--kv-type f32 runs on the CPU only)".into(),
+            ));
+        }
+        self.host.check_tokens(tokens, 0)
+    }
+}
+
+/// What the output head's results are for.
+enum Head<'f> {
+    /// Every position's logits, to the host.
+    Logits(&'f mut dyn FnMut(usize, &[f32])),
+    /// The NLL of each target, computed on the device.
+    Nll {
+        targets: &'f [u32],
+        on: &'f mut dyn FnMut(usize, f64),
+    },
+}
+
+impl Evaluator for CudaModel<'_> {
+    fn config(&self) -> &LlamaConfig {
+        &self.host.config
+    }
+
+    fn eval(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        opts: &EvalOptions,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), ModelError> {
+        self.check(tokens, opts)?;
+        self.run(tokens, logits_from, Head::Logits(on_logits))
+            .map_err(dev)
+    }
+
+    fn eval_nll(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        targets: &[u32],
+        opts: &EvalOptions,
+        on_nll: &mut dyn FnMut(usize, f64),
+    ) -> Result<(), ModelError> {
+        self.check(tokens, opts)?;
+        self.run(
+            tokens,
+            logits_from,
+            Head::Nll {
+                targets,
+                on: on_nll,
+            },
+        )
+        .map_err(dev)
+    }
+
+    fn device_name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Every block format the CUDA backend dequantizes.
+pub const FORMATS: &[BlockFormat] = &[
+    BlockFormat::F32,
+    BlockFormat::F16,
+    BlockFormat::BF16,
+    BlockFormat::Q4_0,
+    BlockFormat::Q4_1,
+    BlockFormat::Q5_0,
+    BlockFormat::Q5_1,
+    BlockFormat::Q8_0,
+    BlockFormat::Q2_K,
+    BlockFormat::Q3_K,
+    BlockFormat::Q4_K,
+    BlockFormat::Q5_K,
+    BlockFormat::Q6_K,
+    BlockFormat::IQ4_NL,
+    BlockFormat::IQ4_XS,
+];
+
+/// One format's result of [`check_dequantize`].
+#[derive(Debug)]
+pub struct DequantCheck {
+    /// The format.
+    pub format: BlockFormat,
+    /// Values compared.
+    pub values: usize,
+    /// Values whose f16 bits differ from the CPU's dequantization rounded to f16.
+    pub differ: usize,
+    /// Largest absolute difference.
+    pub worst: f32,
+}
+
+/// Quantizes pseudo-random rows (a spread of magnitudes, some outliers) to each of
+/// [`FORMATS`] on the CPU, dequantizes them on device `ordinal`, and compares with the CPU's
+/// dequantization rounded to f16. For `scripts/test-cuda.sh`.
+pub fn check_dequantize(ordinal: usize) -> Result<Vec<DequantCheck>, ModelError> {
+    let gpu = Gpu::open(ordinal).map_err(dev)?;
+    let (rows, cols) = (16usize, 1024usize);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let src: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            let row_scale = 0.01 * (1 + i / cols) as f64;
+            let outlier = if i % 97 == 0 { 8.0 } else { 1.0 };
+            (u * row_scale * outlier) as f32
+        })
+        .collect();
+    let mut out = Vec::new();
+    for &f in FORMATS {
+        let kernel = kernel_for(f).expect("every listed format has a kernel");
+        let rs = f.row_size(cols).expect("1024 is a multiple of every block size");
+        let mut bytes = vec![0u8; rs * rows];
+        for (r, dst) in bytes.chunks_mut(rs).enumerate() {
+            longquant_quants::tensor::quantize_row(f, &src[r * cols..(r + 1) * cols], None, dst)
+                .map_err(|e| ModelError::InvalidConfig(e.to_string()))?;
+        }
+        let d_src = gpu.upload_new(&bytes, "check").map_err(dev)?;
+        let n = rows * cols;
+        let d_dst = gpu.alloc(n * 2, "check").map_err(dev)?;
+        let ni = n as i64;
+        gpu.launch_n(kernel, n, &[&d_src.ptr, &d_dst.ptr, &ni]).map_err(dev)?;
+        let mut got = vec![0u16; n];
+        gpu.download(&mut got, d_dst.ptr).map_err(dev)?;
+        let mut row = vec![0.0f32; cols];
+        let (mut differ, mut worst) = (0usize, 0.0f32);
+        for (r, blocks) in bytes.chunks(rs).enumerate() {
+            longquant_quants::tensor::dequantize_row(f, blocks, &mut row)
+                .map_err(|e| ModelError::InvalidConfig(e.to_string()))?;
+            for (c, &v) in row.iter().enumerate() {
+                let want = half::f16::from_f32(v);
+                let g = half::f16::from_bits(got[r * cols + c]);
+                if g.to_bits() != want.to_bits() {
+                    differ += 1;
+                    worst = worst.max((g.to_f32() - want.to_f32()).abs());
+                }
+            }
+        }
+        out.push(DequantCheck {
+            format: f,
+            values: n,
+            differ,
+            worst,
+        });
+    }
+    Ok(out)
+}
