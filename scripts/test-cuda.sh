@@ -15,7 +15,9 @@
 # 1. `devices --check`: every block format's GPU dequantization equals the CPU's (f16 bits);
 # 2. GPU against CPU on the same file, `compare --base-device cpu --device cuda` (the GPU's
 #    logits brought to the host): mean KLD <= 1e-4 and PPL within 0.1 %, at ctx 512 and 2048;
-# 3. `perplexity --device cuda` (the NLL computed on the GPU) within 0.1 % of the CPU's.
+# 3. `perplexity --device cuda` (the NLL computed on the GPU) within 0.1 % of the CPU's;
+# 4. `imatrix --device cuda` (sums of squares on the GPU) against the CPU's: same entries and
+#    counts, every value within 1 % (the GPU sees f16-rounded activations, the CPU f32 ones).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-}
@@ -83,6 +85,39 @@ PY
   else
     bad "$(basename "$m") perplexity --device cuda '$g' ($(tail -1 "$W/ppl.err")), cpu $c"
   fi
+done
+echo "== imatrix"
+for m in "${models[@]}"; do
+  for d in cpu cuda; do
+    "$BIN" imatrix "$m" -f "$TEXT" --ctx 512 --chunks 2 --process-output --legacy-dat -o "$W/im.$d.dat" --device $d --force >/dev/null 2>"$W/im.err" || bad "$(basename "$m") imatrix --device $d: $(tail -1 "$W/im.err")"
+  done
+  r=$(python3 - "$W/im.cpu.dat" "$W/im.cuda.dat" <<'PY'
+import struct, sys
+def read(p):
+    b = open(p, "rb").read(); o = 0; out = {}
+    (n,) = struct.unpack_from("<i", b, o); o += 4
+    for _ in range(n):
+        (ln,) = struct.unpack_from("<i", b, o); o += 4
+        name = b[o:o + ln].decode(); o += ln
+        ncall, nval = struct.unpack_from("<ii", b, o); o += 8
+        out[name] = (ncall, struct.unpack_from("<%df" % nval, b, o)); o += 4 * nval
+    return out
+a, g = read(sys.argv[1]), read(sys.argv[2])
+worst = 0.0
+ok = a.keys() == g.keys()
+for k in a:
+    if k not in g: continue
+    ok &= a[k][0] == g[k][0] and len(a[k][1]) == len(g[k][1])
+    # Relative to the value, or to a thousandth of the entry's mean for values near zero
+    # (f16 flushes what the CPU keeps in f32).
+    floor = 1e-3 * sum(a[k][1]) / max(len(a[k][1]), 1) + 1e-30
+    for x, y in zip(a[k][1], g[k][1]):
+        worst = max(worst, abs(x - y) / max(abs(x), floor))
+ok &= worst <= 1e-2
+print(("ok" if ok else "no"), "%d entries, worst relative difference %.2e" % (len(a), worst))
+PY
+)
+  case "$r" in ok*) pass "$(basename "$m") imatrix GPU vs CPU: ${r#ok }";; *) bad "$(basename "$m") imatrix GPU vs CPU: ${r#no }";; esac
 done
 [ $fail = 0 ] && echo "ALL PASS" || echo "SOME FAILED"
 exit $fail

@@ -712,6 +712,35 @@ impl ImatrixAccumulator {
         self.entries.contains_key(name)
     }
 
+    /// Adds per-column sums of squares of `n_rows` input rows of `name`, computed elsewhere (a
+    /// GPU). Same result as [`Self::add_rows`] on those rows, up to summation order. Returns
+    /// false when `name` is not registered.
+    pub fn add_sums(&mut self, name: &str, sums: &[f64], n_rows: u64) -> Result<bool, ImatrixError> {
+        let Some(e) = self.entries.get_mut(name) else {
+            return Ok(false);
+        };
+        if sums.len() != e.sums.len() {
+            return Err(ImatrixError::Width {
+                name: name.to_string(),
+                len: sums.len(),
+                n_cols: e.sums.len(),
+            });
+        }
+        for (s, &v) in e.sums.iter_mut().zip(sums) {
+            *s += v;
+        }
+        e.count += n_rows;
+        if e.sums
+            .iter()
+            .any(|s| !s.is_finite() || *s > f64::from(f32::MAX))
+        {
+            return Err(ImatrixError::NonFinite {
+                name: name.to_string(),
+            });
+        }
+        Ok(true)
+    }
+
     /// Adds the rows of `acts` (whole rows of the weight's width, row-major) to `name`'s sums
     /// and counts. Returns `Ok(false)` when `name` is not registered (nothing is done). Errors:
     /// `acts` is not a whole number of rows, or a sum becomes NaN or infinite (llama-imatrix

@@ -33,6 +33,7 @@ fn options(types: &[FileType], work: &Path) -> SweepOptions {
         bound: None,
         top_k: 32,
         work_dir: Some(work.to_path_buf()),
+        device: Default::default(),
     }
 }
 

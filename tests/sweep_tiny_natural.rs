@@ -147,6 +147,7 @@ fn sweep_tiny_natural_orders_levels() {
         bound: Some(Bound::MaxKld(0.003)),
         top_k: 32,
         work_dir: Some(work.path().to_path_buf()),
+        device: Default::default(),
     };
     let r = sweep(&src, &text, &opts, &mut |m| eprintln!("{m}")).unwrap();
     let table = r.table();

@@ -5,7 +5,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use longquant::eval::imatrix_collect::{collect_imatrix, ImatrixOptions, ImatrixProgress};
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType, Model};
+use longquant::model::{EvalOptions, KvType};
 use longquant::tokenizer::GgufTokenizer;
 use longquant::Refusal;
 use serde_json::json;
@@ -44,6 +44,10 @@ pub struct Args {
     /// K/V precision: f16 (llama.cpp's default) or f32.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     kv_type: String,
+    /// Where the forward pass runs: cpu, cuda or cuda:N (needs a build with `--features cuda`);
+    /// on a GPU the per-column sums of squares are accumulated on the device.
+    #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
+    device: super::device::Device,
     /// Replace the output if it exists.
     #[arg(long)]
     force: bool,
@@ -73,13 +77,12 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     }
     let file =
         GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
-    let model =
-        Model::load(&file).with_context(|| format!("loading model {}", a.model.display()))?;
+    let model = super::device::load(&file, &a.model, a.device)?;
     let tok = GgufTokenizer::from_gguf(&file)
         .with_context(|| format!("building the tokenizer of {}", a.model.display()))?;
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    if a.process_output && model.weights.tied_output && !json_out {
+    if a.process_output && model.tied_output() && !json_out {
         eprintln!(
             "note: {} has tied embeddings (no output.weight); --process-output collects nothing more",
             a.model.display()
@@ -118,7 +121,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     );
     let run = pool
         .install(|| {
-            collect_imatrix(&model, &tok, &text, &opts, &mut |p: ImatrixProgress| {
+            collect_imatrix(model.as_ref(), &tok, &text, &opts, &mut |p: ImatrixProgress| {
                 bar.set_length(p.total as u64);
                 bar.set_position(p.done as u64);
                 if let Some(ppl) = p.ppl {

@@ -44,6 +44,10 @@ pub struct Args {
     /// Folder for the temporary files (default: the system's temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Where the reference and the levels are evaluated: cpu, cuda or cuda:N (needs a build
+    /// with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
+    device: super::device::Device,
 }
 
 pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
@@ -78,6 +82,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         bound,
         top_k: a.top_k,
         work_dir: a.work_dir.clone(),
+        device: a.device,
     };
     let quiet = json_out;
     let report = sweep(&a.src, &text, &opts, &mut |msg| {

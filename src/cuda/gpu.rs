@@ -96,6 +96,7 @@ const KERNEL_NAMES: &[&str] = &[
     "softmax_causal",
     "swiglu_f16",
     "nll_rows",
+    "col_sumsq",
 ];
 
 /// Checks that the three CUDA libraries can be loaded, before cudarc (which panics when one is
@@ -357,6 +358,24 @@ impl Gpu {
             b.launch(LaunchConfig {
                 grid_dim: (grid.max(1), 1, 1),
                 block_dim: (block, 1, 1),
+                shared_mem_bytes: 0,
+            })?
+        };
+        Ok(())
+    }
+
+    /// `acc[c] += Σ_r x[r][c]²` over `rows` f16 rows of `cols` (f64 sums on the device).
+    pub fn col_sumsq(&self, x: u64, rows: usize, cols: usize, acc: u64) -> Result<(), CudaError> {
+        let f = &self.funcs["col_sumsq"];
+        let (r, c) = (rows as i32, cols as i32);
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&x).arg(&r).arg(&c).arg(&acc);
+        let groups = rows.div_ceil(64).clamp(1, 64) as u32;
+        // SAFETY: col_sumsq(const u16*, int, int, double*) as declared in kernels.cu.
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (cols.div_ceil(256) as u32, groups, 1),
+                block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             })?
         };

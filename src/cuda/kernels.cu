@@ -379,3 +379,21 @@ extern "C" __global__ void nll_rows(const float* __restrict__ logits, const u32*
         out[blockIdx.x] = log(s) - (double)(lt - m);
     }
 }
+
+// acc[c] += sum over `rows` rows of x[r][c]^2 (x f16, `cols` wide), for the importance matrix.
+// Block (256 columns) × grid.y row groups; each thread sums its column over its rows in f64
+// and adds the result atomically.
+extern "C" __global__ void col_sumsq(const u16* __restrict__ x, int rows, int cols,
+                                     double* __restrict__ acc) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    int per = (rows + gridDim.y - 1) / gridDim.y;
+    int r0 = blockIdx.y * per;
+    int r1 = r0 + per < rows ? r0 + per : rows;
+    double s = 0.0;
+    for (int r = r0; r < r1; r++) {
+        float v = h2f(x[(i64)r * cols + c]);
+        s += (double)(v * v);
+    }
+    atomicAdd(acc + c, s);
+}

@@ -15,7 +15,7 @@
 use super::gpu::{CudaError, DevMem, Dt, Gpu, Mat};
 use crate::model::forward::RopeTable;
 use crate::model::weights::Weight;
-use crate::model::{EvalOptions, Evaluator, KvType, LlamaConfig, Model, ModelError};
+use crate::model::{EvalOptions, Evaluator, InputSink, KvType, LlamaConfig, Model, ModelError};
 use longquant_formats::gguf::GgufFile;
 use longquant_quants::BlockFormat;
 use rayon::prelude::*;
@@ -178,7 +178,13 @@ impl<'a> CudaModel<'a> {
         )
     }
 
-    fn run(&self, tokens: &[u32], from: usize, head: Head<'_>) -> Result<(), CudaError> {
+    fn run(
+        &self,
+        tokens: &[u32],
+        from: usize,
+        head: Head<'_>,
+        sink: Option<&mut dyn InputSink>,
+    ) -> Result<(), CudaError> {
         let cfg = &self.host.config;
         let gpu = self.gpu.lock().unwrap();
         let n = tokens.len();
@@ -231,6 +237,24 @@ impl<'a> CudaModel<'a> {
             })
             .collect::<Result<_, _>>()?;
 
+        // Importance sums: per layer the inputs of (q, k, v), o, (gate, up), down; then the head.
+        let q_width = nh * hd;
+        let widths = [d, q_width, d, ff];
+        let sums = match sink {
+            Some(_) => {
+                let per_layer: usize = widths.iter().sum();
+                let total = per_layer * self.layers.len() + d;
+                let m = gpu.alloc(total * 8, "importance sums")?;
+                gpu.zero(m.ptr, total * 8)?;
+                Some(m)
+            }
+            None => None,
+        };
+        let layer_sums = |il: usize, slot: usize| -> Option<u64> {
+            let per_layer: usize = widths.iter().sum();
+            let off: usize = il * per_layer + widths[..slot].iter().sum::<usize>();
+            sums.as_ref().map(|m| m.at(off * 8))
+        };
         let (i_nt, i_n, i_nh, i_nkv, i_hd, i_rot) = (
             0i32,
             n as i64,
@@ -240,7 +264,7 @@ impl<'a> CudaModel<'a> {
             cfg.n_rot as i32,
         );
         let _ = (i_nt, i_n);
-        for l in &self.layers {
+        for (il, l) in self.layers.iter().enumerate() {
             let mut w16 = [0u64; 7];
             for (i, w) in l.w.iter().enumerate() {
                 w16[i] = Self::f16_of(&gpu, w, &scratch[i])?;
@@ -250,6 +274,9 @@ impl<'a> CudaModel<'a> {
                 let xt = x.at(t0 * d * 4);
                 let di = d as i32;
                 gpu.launch("rms_norm_f16", nt as u32, 256, &[&xt, &l.attn_norm.ptr, &xn.ptr, &di, &eps])?;
+                if let Some(acc) = layer_sums(il, 0) {
+                    gpu.col_sumsq(xn.ptr, nt, d, acc)?;
+                }
                 Self::matmul(&gpu, w16[0], &l.w[0], xn.ptr, nt, qf.ptr)?;
                 Self::matmul(&gpu, w16[1], &l.w[1], xn.ptr, nt, kf.ptr)?;
                 Self::matmul(&gpu, w16[2], &l.w[2], xn.ptr, nt, vf.ptr)?;
@@ -306,13 +333,22 @@ impl<'a> CudaModel<'a> {
                     }
                 }
                 let ne = (nt * d) as i64;
+                if let Some(acc) = layer_sums(il, 1) {
+                    gpu.col_sumsq(ao.ptr, nt, q_width, acc)?;
+                }
                 Self::matmul(&gpu, w16[3], &l.w[3], ao.ptr, nt, of.ptr)?;
                 gpu.launch_n("add_in_place", nt * d, &[&xt, &of.ptr, &ne])?;
                 gpu.launch("rms_norm_f16", nt as u32, 256, &[&xt, &l.ffn_norm.ptr, &xn.ptr, &di, &eps])?;
+                if let Some(acc) = layer_sums(il, 2) {
+                    gpu.col_sumsq(xn.ptr, nt, d, acc)?;
+                }
                 Self::matmul(&gpu, w16[4], &l.w[4], xn.ptr, nt, gf.ptr)?;
                 Self::matmul(&gpu, w16[5], &l.w[5], xn.ptr, nt, uf.ptr)?;
                 let nf = (nt * ff) as i64;
                 gpu.launch_n("swiglu_f16", nt * ff, &[&gf.ptr, &uf.ptr, &hh.ptr, &nf])?;
+                if let Some(acc) = layer_sums(il, 3) {
+                    gpu.col_sumsq(hh.ptr, nt, ff, acc)?;
+                }
                 Self::matmul(&gpu, w16[6], &l.w[6], hh.ptr, nt, of.ptr)?;
                 gpu.launch_n("add_in_place", nt * d, &[&xt, &of.ptr, &ne])?;
             }
@@ -344,6 +380,10 @@ impl<'a> CudaModel<'a> {
                 let np = th.min(end - r0);
                 let xr = x.at(r0 * d * 4);
                 gpu.launch("rms_norm_f16", np as u32, 256, &[&xr, &self.output_norm.ptr, &xn2.ptr, &di, &eps])?;
+                if let Some(m) = &sums {
+                    let per_layer: usize = widths.iter().sum();
+                    gpu.col_sumsq(xn2.ptr, np, d, m.at(per_layer * self.layers.len() * 8))?;
+                }
                 Self::matmul(&gpu, w16, &self.output, xn2.ptr, np, logits.ptr)?;
                 match &mut head {
                     Head::Logits(f) => {
@@ -361,6 +401,30 @@ impl<'a> CudaModel<'a> {
                         }
                     }
                 }
+            }
+        }
+        if let (Some(m), Some(sink)) = (&sums, sink) {
+            let per_layer: usize = widths.iter().sum();
+            let mut host = vec![0.0f64; per_layer * self.layers.len() + d];
+            gpu.download(&mut host, m.ptr)?;
+            let names: [&[&str]; 4] = [
+                &["attn_q", "attn_k", "attn_v"],
+                &["attn_output"],
+                &["ffn_gate", "ffn_up"],
+                &["ffn_down"],
+            ];
+            let mut off = 0;
+            for il in 0..self.layers.len() {
+                for (slot, group) in names.iter().enumerate() {
+                    let v = &host[off..off + widths[slot]];
+                    for nm in group.iter() {
+                        sink.sums(&format!("blk.{il}.{nm}.weight"), v, n as u64);
+                    }
+                    off += widths[slot];
+                }
+            }
+            if end > from && !self.host.weights.tied_output {
+                sink.sums("output.weight", &host[off..off + d], (end - from) as u64);
             }
         }
         gpu.sync()
@@ -400,7 +464,7 @@ impl Evaluator for CudaModel<'_> {
         on_logits: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), ModelError> {
         self.check(tokens, opts)?;
-        self.run(tokens, logits_from, Head::Logits(on_logits))
+        self.run(tokens, logits_from, Head::Logits(on_logits), None)
             .map_err(dev)
     }
 
@@ -420,8 +484,26 @@ impl Evaluator for CudaModel<'_> {
                 targets,
                 on: on_nll,
             },
+            None,
         )
         .map_err(dev)
+    }
+
+    fn eval_observed(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        opts: &EvalOptions,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+        sink: &mut dyn InputSink,
+    ) -> Result<(), ModelError> {
+        self.check(tokens, opts)?;
+        self.run(tokens, logits_from, Head::Logits(on_logits), Some(sink))
+            .map_err(dev)
+    }
+
+    fn tied_output(&self) -> bool {
+        self.host.weights.tied_output
     }
 
     fn device_name(&self) -> String {

@@ -22,7 +22,7 @@
 use super::chunks::plan_chunks;
 use super::perplexity::nll;
 use crate::imatrix::{Imatrix, ImatrixAccumulator, ImatrixError};
-use crate::model::{EvalOptions, Model, ModelError};
+use crate::model::{EvalOptions, Evaluator, InputSink, ModelError};
 use crate::tokenizer::{GgufTokenizer, TokenizerError};
 use std::time::Instant;
 
@@ -124,30 +124,56 @@ pub struct ImatrixRun {
 
 /// The weights collected from `model`, with their input widths: every block's seven matrices,
 /// plus `output.weight` when asked for and the model has its own (untied) output matrix.
-pub fn collected_weights(model: &Model<'_>, process_output: bool) -> Vec<(String, usize)> {
-    let mut v = Vec::with_capacity(model.weights.layers.len() * 7 + 1);
-    for (il, lw) in model.weights.layers.iter().enumerate() {
-        for (name, w) in [
-            ("attn_q", &lw.wq),
-            ("attn_k", &lw.wk),
-            ("attn_v", &lw.wv),
-            ("attn_output", &lw.wo),
-            ("ffn_gate", &lw.gate),
-            ("ffn_up", &lw.up),
-            ("ffn_down", &lw.down),
+pub fn collected_weights(model: &dyn Evaluator, process_output: bool) -> Vec<(String, usize)> {
+    let cfg = model.config();
+    let mut v = Vec::with_capacity(cfg.n_layer * 7 + 1);
+    let q_width = cfg.n_head * cfg.head_dim;
+    for il in 0..cfg.n_layer {
+        for (name, cols) in [
+            ("attn_q", cfg.n_embd),
+            ("attn_k", cfg.n_embd),
+            ("attn_v", cfg.n_embd),
+            ("attn_output", q_width),
+            ("ffn_gate", cfg.n_embd),
+            ("ffn_up", cfg.n_embd),
+            ("ffn_down", cfg.n_ff),
         ] {
-            v.push((format!("blk.{il}.{name}.weight"), w.cols));
+            v.push((format!("blk.{il}.{name}.weight"), cols));
         }
     }
-    if process_output && !model.weights.tied_output {
-        v.push(("output.weight".to_string(), model.weights.output.cols));
+    if process_output && !model.tied_output() {
+        v.push(("output.weight".to_string(), cfg.n_embd));
     }
     v
 }
 
+/// Feeds an [`ImatrixAccumulator`], keeping the first error (the hooks cannot return one).
+struct Sink<'x> {
+    acc: &'x mut ImatrixAccumulator,
+    failed: Option<ImatrixError>,
+}
+
+impl InputSink for Sink<'_> {
+    fn rows(&mut self, tensor: &str, acts: &[f32]) {
+        if self.failed.is_none() {
+            if let Err(e) = self.acc.add_rows(tensor, acts) {
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    fn sums(&mut self, tensor: &str, sums: &[f64], n_rows: u64) {
+        if self.failed.is_none() {
+            if let Err(e) = self.acc.add_sums(tensor, sums, n_rows) {
+                self.failed = Some(e);
+            }
+        }
+    }
+}
+
 /// Tokenizes `text` as llama-imatrix does and runs [`collect_imatrix_tokens`].
 pub fn collect_imatrix(
-    model: &Model<'_>,
+    model: &dyn Evaluator,
     tokenizer: &GgufTokenizer,
     text: &str,
     opts: &ImatrixOptions,
@@ -187,7 +213,7 @@ impl From<super::chunks::ChunkError> for ImatrixCollectError {
 /// Collects the importance matrix of a tokenized text. `bos`: when `Some`, the first token of
 /// every chunk is replaced by it for evaluation. `progress` is called after each chunk.
 pub fn collect_imatrix_tokens(
-    model: &Model<'_>,
+    model: &dyn Evaluator,
     tokens: &[u32],
     bos: Option<u32>,
     opts: &ImatrixOptions,
@@ -198,7 +224,7 @@ pub fn collect_imatrix_tokens(
         tokens.len(),
         n_ctx,
         MIN_CTX,
-        model.config.context_length,
+        model.config().context_length,
         opts.max_chunks,
     )?;
     let chunk_count =
@@ -232,9 +258,11 @@ pub fn collect_imatrix_tokens(
         if let Some(b) = bos {
             chunk_tokens[0] = b;
         }
-        // The hook cannot return an error; keep the first one and stop accumulating.
-        let mut failed: Option<ImatrixError> = None;
         let (mut cs, mut cs2, mut cn) = (0.0f64, 0.0f64, 0usize);
+        let mut sink = Sink {
+            acc: &mut acc,
+            failed: None,
+        };
         model.eval_observed(
             &chunk_tokens,
             logits_from,
@@ -249,15 +277,9 @@ pub fn collect_imatrix_tokens(
                 cs2 += v * v;
                 cn += 1;
             },
-            &mut |name, acts| {
-                if failed.is_none() {
-                    if let Err(e) = acc.add_rows(name, acts) {
-                        failed = Some(e);
-                    }
-                }
-            },
+            &mut sink,
         )?;
-        if let Some(e) = failed {
+        if let Some(e) = sink.failed {
             return Err(e.into());
         }
         let mut ppl = None;

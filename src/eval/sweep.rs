@@ -24,7 +24,7 @@ use crate::convert::pipeline::{convert, ConvertError, ConvertOptions, ConvertRep
 use crate::convert::quantize::{quantize, QuantizeOptions};
 use crate::formats::gguf::GgufFile;
 use crate::formats::GgmlType;
-use crate::model::{EvalOptions, Model, ModelError};
+use crate::model::{load_on, Device, EvalOptions, ModelError};
 use crate::tokenizer::{GgufTokenizer, TokenizerError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -111,6 +111,8 @@ pub struct SweepOptions {
     pub top_k: usize,
     /// Where to make the temporary folder (default: the system's temp dir).
     pub work_dir: Option<PathBuf>,
+    /// Where the reference and every level are evaluated.
+    pub device: Device,
 }
 
 /// One level's measurements.
@@ -272,7 +274,7 @@ pub fn sweep(
     let base_results = tmp.0.join("reference.lqkb");
     let ref_start = Instant::now();
     {
-        let model = Model::load(&ref_file).map_err(|source| SweepError::Model {
+        let model = load_on(&ref_file, opts.device).map_err(|source| SweepError::Model {
             what: "the reference".into(),
             source,
         })?;
@@ -288,7 +290,7 @@ pub fn sweep(
             vocab_fingerprint(ref_file.metadata()).unwrap_or(0),
         )
         .map_err(cmp_err)?;
-        save_base_results(&model, &tokens, bos, &opts.compare, &mut w, &mut |d, t| {
+        save_base_results(model.as_ref(), &tokens, bos, &opts.compare, &mut w, &mut |d, t| {
             progress(&format!("reference: chunk {d}/{t}"))
         })
         .map_err(cmp_err)?;
@@ -327,7 +329,7 @@ pub fn sweep(
         let quantize_seconds = t0.elapsed().as_secs_f64();
         let report = {
             let f = GgufFile::open(&out)?;
-            let model = Model::load(&f).map_err(|source| SweepError::Model {
+            let model = load_on(&f, opts.device).map_err(|source| SweepError::Model {
                 what: name.into(),
                 source,
             })?;
@@ -338,7 +340,7 @@ pub fn sweep(
             let mut reader = BaseResultsReader::open(&base_results).map_err(cmp_err)?;
             compare_with_saved(
                 &mut reader,
-                &model,
+                model.as_ref(),
                 vocab_fingerprint(f.metadata()),
                 &opts.compare,
                 &mut |d, t, s| {

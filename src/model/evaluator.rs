@@ -3,6 +3,56 @@
 //! `eval/` (perplexity, KLD, sweeps) and the `logits` command talk to an [`Evaluator`]; the
 //! CPU [`Model`] and the CUDA backend (`crate::cuda`, feature `cuda`) both implement it.
 use super::{EvalOptions, LlamaConfig, Model, ModelError};
+use longquant_formats::gguf::GgufFile;
+
+/// Where a model is evaluated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The embedded CPU forward pass.
+    #[default]
+    Cpu,
+    /// CUDA device N (a build with the `cuda` feature).
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                _ => Err(format!("`{s}` is not a device (cpu, cuda or cuda:N)")),
+            },
+        }
+    }
+}
+
+/// Checks and loads the model in `file` for evaluation on `device`.
+pub fn load_on(file: &GgufFile, device: Device) -> Result<Box<dyn Evaluator + '_>, ModelError> {
+    match device {
+        Device::Cpu => Ok(Box::new(Model::load(file)?)),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(n) => Ok(Box::new(crate::cuda::CudaModel::load(file, n)?)),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(n) => Err(ModelError::Device(format!(
+            "cuda:{n} was asked for, but this longquant was built without CUDA support \
+             (rebuild with `cargo build --release --features cuda`)"
+        ))),
+    }
+}
 
 /// A model that can evaluate a token chunk from an empty state.
 pub trait Evaluator: Sync {
@@ -41,10 +91,36 @@ pub trait Evaluator: Sync {
         })
     }
 
+    /// Evaluates as [`Evaluator::eval`] does and shows every matrix product's input to `sink`
+    /// (see [`InputSink`]): the CPU hands over whole rows as [`Model::eval_observed`] does; a
+    /// device backend sums the squares per column where the activations are and hands over
+    /// the sums once per chunk. The output head's input covers positions `>= logits_from`.
+    fn eval_observed(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        opts: &EvalOptions,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+        sink: &mut dyn InputSink,
+    ) -> Result<(), ModelError>;
+
+    /// Whether the output head is the token embedding (tied weights).
+    fn tied_output(&self) -> bool;
+
     /// A short name of the device, for reports (`cpu`, `cuda:0 (NVIDIA H200)`).
     fn device_name(&self) -> String {
         "cpu".to_string()
     }
+}
+
+/// Where [`Evaluator::eval_observed`] puts what the matrix products saw (an importance-matrix
+/// accumulator). `tensor` is the weight's GGUF name (`blk.N.attn_q.weight`, ...,
+/// `output.weight`).
+pub trait InputSink {
+    /// Whole f32 input rows of `tensor`'s width (a tile of tokens).
+    fn rows(&mut self, tensor: &str, acts: &[f32]);
+    /// Per-column sums of squares of `n_rows` input rows of `tensor`.
+    fn sums(&mut self, tensor: &str, sums: &[f64], n_rows: u64);
 }
 
 /// Negative log-likelihood of `target` under `logits`, computed as llama.cpp's `log_softmax`:
@@ -69,5 +145,22 @@ impl Evaluator for Model<'_> {
         on_logits: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), ModelError> {
         Model::eval(self, tokens, logits_from, opts, on_logits)
+    }
+
+    fn eval_observed(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        opts: &EvalOptions,
+        on_logits: &mut dyn FnMut(usize, &[f32]),
+        sink: &mut dyn InputSink,
+    ) -> Result<(), ModelError> {
+        Model::eval_observed(self, tokens, logits_from, opts, on_logits, &mut |t, a| {
+            sink.rows(t, a)
+        })
+    }
+
+    fn tied_output(&self) -> bool {
+        self.weights.tied_output
     }
 }
