@@ -13,11 +13,15 @@
 #
 # Checks, each printed as PASS/FAIL (exit 1 if any fails):
 # 1. `devices --check`: every block format's GPU dequantization equals the CPU's (f16 bits);
-# 2. GPU against CPU on the same file, `compare --base-device cpu --device cuda` (the GPU's
-#    logits brought to the host): mean KLD <= 1e-4 and PPL within 0.1 %, at ctx 512 and 2048;
+# 2. GPU against CPU, `compare --base-device cpu --device cuda` (the GPU's logits brought to
+#    the host): mean KLD <= 1e-4 and PPL within 0.1 %, at ctx 512 and 2048;
 # 3. `perplexity --device cuda` (the NLL computed on the GPU) within 0.1 % of the CPU's;
 # 4. `imatrix --device cuda` (sums of squares on the GPU) against the CPU's: same entries and
 #    counts, every value within 1 % (the GPU sees f16-rounded activations, the CPU f32 ones).
+# The CPU reference of a quantized model is its F32 twin (`quantize --type F32`: the same
+# weights, dequantized), because the CPU rounds every product's activations to 8 bits
+# (Q8_0/Q8_1/Q8_K, as llama.cpp's CPU does) and the GPU does not (f16): the twin measures the
+# GPU's own arithmetic. The same-file CPU comparison is printed too, as INFO.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${1:-}
@@ -62,24 +66,37 @@ elif [ -f "$TINY_NATURAL" ]; then
   done
 fi
 
-for m in "${models[@]}"; do
-  for c in 512 2048; do
-    name="$(basename "$m") ctx $c"
-    if ! "$BIN" compare --base "$m" --model "$m" --base-device cpu --device cuda -f "$TEXT" --ctx $c --chunks 2 --json >"$W/cmp.json" 2>"$W/cmp.err"; then
-      bad "$name: compare failed: $(tail -2 "$W/cmp.err")"; continue
-    fi
-    r=$(python3 - "$W/cmp.json" <<'PY'
+twin() { # the CPU reference of model $1
+  case "$1" in *F32.gguf|*F16.gguf) echo "$1";; *)
+    local t="${1%.gguf}.twin-F32.gguf"
+    [ -f "$t" ] || "$BIN" quantize "$1" "$t" --type F32 --allow-requantize --force >/dev/null
+    echo "$t";;
+  esac
+}
+cmp_line() { # JSON -> "ok|no summary"
+  python3 - "$1" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 rel = abs(d["ppl_model"] / d["ppl_base"] - 1)
 ok = d["kld_mean"] <= 1e-4 and rel <= 1e-3
 print(("ok" if ok else "no"), "KLD %.3g  PPL gpu %.5f cpu %.5f (rel %.2e)  same top %.2f%%" % (d["kld_mean"], d["ppl_model"], d["ppl_base"], rel, d["same_top_p"]))
 PY
-)
-    case "$r" in ok*) pass "$name GPU vs CPU: ${r#ok }";; *) bad "$name GPU vs CPU: ${r#no }";; esac
+}
+for m in "${models[@]}"; do
+  ref=$(twin "$m")
+  for c in 512 2048; do
+    name="$(basename "$m") ctx $c"
+    if ! "$BIN" compare --base "$ref" --model "$m" --base-device cpu --device cuda -f "$TEXT" --ctx $c --chunks 2 --json >"$W/cmp.json" 2>"$W/cmp.err"; then
+      bad "$name: compare failed: $(tail -2 "$W/cmp.err")"; continue
+    fi
+    r=$(cmp_line "$W/cmp.json")
+    case "$r" in ok*) pass "$name GPU vs CPU ($(basename "$ref")): ${r#ok }";; *) bad "$name GPU vs CPU ($(basename "$ref")): ${r#no }";; esac
+    if [ "$ref" != "$m" ] && "$BIN" compare --base "$m" --model "$m" --base-device cpu --device cuda -f "$TEXT" --ctx $c --chunks 2 --json >"$W/cmp.json" 2>/dev/null; then
+      r=$(cmp_line "$W/cmp.json"); echo "INFO $name GPU vs CPU on the same file (CPU activations in 8 bits): ${r#* }"
+    fi
   done
   g=$("$BIN" perplexity "$m" -f "$TEXT" --ctx 512 --chunks 4 --device cuda --json 2>"$W/ppl.err" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
-  c=$("$BIN" perplexity "$m" -f "$TEXT" --ctx 512 --chunks 4 --device cpu --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
+  c=$("$BIN" perplexity "$ref" -f "$TEXT" --ctx 512 --chunks 4 --device cpu --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
   if python3 -c "import sys; g,c=float(sys.argv[1]),float(sys.argv[2]); sys.exit(0 if abs(g/c-1)<=1e-3 else 1)" "$g" "$c" 2>/dev/null; then
     pass "$(basename "$m") perplexity --device cuda $g, cpu $c"
   else
@@ -88,9 +105,8 @@ PY
 done
 echo "== imatrix"
 for m in "${models[@]}"; do
-  for d in cpu cuda; do
-    "$BIN" imatrix "$m" -f "$TEXT" --ctx 512 --chunks 2 --process-output --legacy-dat -o "$W/im.$d.dat" --device $d --force >/dev/null 2>"$W/im.err" || bad "$(basename "$m") imatrix --device $d: $(tail -1 "$W/im.err")"
-  done
+  "$BIN" imatrix "$(twin "$m")" -f "$TEXT" --ctx 512 --chunks 2 --process-output --legacy-dat -o "$W/im.cpu.dat" --device cpu --force >/dev/null 2>"$W/im.err" || bad "$(basename "$m") imatrix --device cpu: $(tail -1 "$W/im.err")"
+  "$BIN" imatrix "$m" -f "$TEXT" --ctx 512 --chunks 2 --process-output --legacy-dat -o "$W/im.cuda.dat" --device cuda --force >/dev/null 2>"$W/im.err" || bad "$(basename "$m") imatrix --device cuda: $(tail -1 "$W/im.err")"
   r=$(python3 - "$W/im.cpu.dat" "$W/im.cuda.dat" <<'PY'
 import struct, sys
 def read(p):
