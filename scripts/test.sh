@@ -6,4 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 bash fixtures/fetch.sh
+# The CUDA backend cannot run here (no GPU): compile it, so it cannot rot (scripts/test-cuda.sh
+# runs it on a CUDA machine).
+cargo check --release --locked --features cuda --all-targets
 cargo test --workspace --release --locked "$@"

@@ -715,7 +715,12 @@ impl ImatrixAccumulator {
     /// Adds per-column sums of squares of `n_rows` input rows of `name`, computed elsewhere (a
     /// GPU). Same result as [`Self::add_rows`] on those rows, up to summation order. Returns
     /// false when `name` is not registered.
-    pub fn add_sums(&mut self, name: &str, sums: &[f64], n_rows: u64) -> Result<bool, ImatrixError> {
+    pub fn add_sums(
+        &mut self,
+        name: &str,
+        sums: &[f64],
+        n_rows: u64,
+    ) -> Result<bool, ImatrixError> {
         let Some(e) = self.entries.get_mut(name) else {
             return Ok(false);
         };

@@ -1,8 +1,8 @@
 //! `--device cpu|cuda[:N]`: which backend evaluates a model.
 use anyhow::Context;
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{load_on, Evaluator};
 pub use longquant::model::Device;
+use longquant::model::{load_on, Evaluator};
 use std::path::Path;
 
 /// clap's parser for `--device`.

@@ -121,13 +121,19 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     );
     let run = pool
         .install(|| {
-            collect_imatrix(model.as_ref(), &tok, &text, &opts, &mut |p: ImatrixProgress| {
-                bar.set_length(p.total as u64);
-                bar.set_position(p.done as u64);
-                if let Some(ppl) = p.ppl {
-                    bar.set_message(format!("PPL {ppl:.4}"));
-                }
-            })
+            collect_imatrix(
+                model.as_ref(),
+                &tok,
+                &text,
+                &opts,
+                &mut |p: ImatrixProgress| {
+                    bar.set_length(p.total as u64);
+                    bar.set_position(p.done as u64);
+                    if let Some(ppl) = p.ppl {
+                        bar.set_message(format!("PPL {ppl:.4}"));
+                    }
+                },
+            )
         })
         .with_context(|| {
             format!(

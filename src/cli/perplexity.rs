@@ -70,11 +70,17 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     );
     let res = pool
         .install(|| {
-            perplexity(model.as_ref(), &tok, &text, &opts, &mut |done, total, ppl| {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-                bar.set_message(format!("PPL {ppl:.4}"));
-            })
+            perplexity(
+                model.as_ref(),
+                &tok,
+                &text,
+                &opts,
+                &mut |done, total, ppl| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                    bar.set_message(format!("PPL {ppl:.4}"));
+                },
+            )
         })
         .with_context(|| {
             format!(

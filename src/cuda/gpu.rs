@@ -57,7 +57,9 @@ pub enum CudaError {
     #[error("cuBLAS: {0}")]
     Blas(#[from] cudarc::cublas::result::CublasError),
     /// Not enough device memory.
-    #[error("out of GPU memory: {what} needs {need_mib} MiB, {free_mib} MiB free of {total_mib} MiB")]
+    #[error(
+        "out of GPU memory: {what} needs {need_mib} MiB, {free_mib} MiB free of {total_mib} MiB"
+    )]
     OutOfMemory {
         /// What was being allocated.
         what: String,

@@ -162,18 +162,40 @@ impl<'a> CudaModel<'a> {
     }
 
     /// `y (nt × rows, f32) = x (nt × cols, f16) · Wᵀ`.
-    fn matmul(gpu: &Gpu, w16: u64, w: &DevWeight, x: u64, nt: usize, y: u64) -> Result<(), CudaError> {
+    fn matmul(
+        gpu: &Gpu,
+        w16: u64,
+        w: &DevWeight,
+        x: u64,
+        nt: usize,
+        y: u64,
+    ) -> Result<(), CudaError> {
         gpu.gemm(
             nt,
             w.rows,
             w.cols,
             1.0,
-            Mat { ptr: x, ld: w.cols, stride: 0, dt: Dt::F16 },
+            Mat {
+                ptr: x,
+                ld: w.cols,
+                stride: 0,
+                dt: Dt::F16,
+            },
             false,
-            Mat { ptr: w16, ld: w.cols, stride: 0, dt: Dt::F16 },
+            Mat {
+                ptr: w16,
+                ld: w.cols,
+                stride: 0,
+                dt: Dt::F16,
+            },
             true,
             0.0,
-            Mat { ptr: y, ld: w.rows, stride: 0, dt: Dt::F32 },
+            Mat {
+                ptr: y,
+                ld: w.rows,
+                stride: 0,
+                dt: Dt::F32,
+            },
             1,
         )
     }
@@ -232,7 +254,12 @@ impl<'a> CudaModel<'a> {
         // One scratch per matrix of a layer, so each is dequantized once per layer.
         let scratch: Vec<DevMem> = (0..7)
             .map(|i| {
-                let m = self.layers.iter().map(|l| l.w[i].elems()).max().unwrap_or(0);
+                let m = self
+                    .layers
+                    .iter()
+                    .map(|l| l.w[i].elems())
+                    .max()
+                    .unwrap_or(0);
                 gpu.alloc(m.min(max_w) * 2, "dequantized weights")
             })
             .collect::<Result<_, _>>()?;
@@ -273,7 +300,12 @@ impl<'a> CudaModel<'a> {
                 let nt = tile.min(n - t0);
                 let xt = x.at(t0 * d * 4);
                 let di = d as i32;
-                gpu.launch("rms_norm_f16", nt as u32, 256, &[&xt, &l.attn_norm.ptr, &xn.ptr, &di, &eps])?;
+                gpu.launch(
+                    "rms_norm_f16",
+                    nt as u32,
+                    256,
+                    &[&xt, &l.attn_norm.ptr, &xn.ptr, &di, &eps],
+                )?;
                 if let Some(acc) = layer_sums(il, 0) {
                     gpu.col_sumsq(xn.ptr, nt, d, acc)?;
                 }
@@ -301,15 +333,31 @@ impl<'a> CudaModel<'a> {
                             nk,
                             hd,
                             scale,
-                            Mat { ptr: q_at, ld: nh * hd, stride: hd, dt: Dt::F16 },
+                            Mat {
+                                ptr: q_at,
+                                ld: nh * hd,
+                                stride: hd,
+                                dt: Dt::F16,
+                            },
                             false,
-                            Mat { ptr: kc.at(g * n * hd * 2), ld: hd, stride: 0, dt: Dt::F16 },
+                            Mat {
+                                ptr: kc.at(g * n * hd * 2),
+                                ld: hd,
+                                stride: 0,
+                                dt: Dt::F16,
+                            },
                             true,
                             0.0,
-                            Mat { ptr: sc.ptr, ld, stride: nq * ld, dt: Dt::F32 },
+                            Mat {
+                                ptr: sc.ptr,
+                                ld,
+                                stride: nq * ld,
+                                dt: Dt::F32,
+                            },
                             group,
                         )?;
-                        let (ld_i, nq_i, q0_i, nk_i) = (ld as i64, nq as i32, qb0 as i32, nk as i32);
+                        let (ld_i, nq_i, q0_i, nk_i) =
+                            (ld as i64, nq as i32, qb0 as i32, nk as i32);
                         gpu.launch(
                             "softmax_causal",
                             (group * nq) as u32,
@@ -322,12 +370,27 @@ impl<'a> CudaModel<'a> {
                             hd,
                             nk,
                             1.0,
-                            Mat { ptr: pr.ptr, ld, stride: nq * ld, dt: Dt::F16 },
+                            Mat {
+                                ptr: pr.ptr,
+                                ld,
+                                stride: nq * ld,
+                                dt: Dt::F16,
+                            },
                             false,
-                            Mat { ptr: vc.at(g * n * hd * 2), ld: hd, stride: 0, dt: Dt::F16 },
+                            Mat {
+                                ptr: vc.at(g * n * hd * 2),
+                                ld: hd,
+                                stride: 0,
+                                dt: Dt::F16,
+                            },
                             false,
                             0.0,
-                            Mat { ptr: o_at, ld: nh * hd, stride: hd, dt: Dt::F16 },
+                            Mat {
+                                ptr: o_at,
+                                ld: nh * hd,
+                                stride: hd,
+                                dt: Dt::F16,
+                            },
                             group,
                         )?;
                     }
@@ -338,7 +401,12 @@ impl<'a> CudaModel<'a> {
                 }
                 Self::matmul(&gpu, w16[3], &l.w[3], ao.ptr, nt, of.ptr)?;
                 gpu.launch_n("add_in_place", nt * d, &[&xt, &of.ptr, &ne])?;
-                gpu.launch("rms_norm_f16", nt as u32, 256, &[&xt, &l.ffn_norm.ptr, &xn.ptr, &di, &eps])?;
+                gpu.launch(
+                    "rms_norm_f16",
+                    nt as u32,
+                    256,
+                    &[&xt, &l.ffn_norm.ptr, &xn.ptr, &di, &eps],
+                )?;
                 if let Some(acc) = layer_sums(il, 2) {
                     gpu.col_sumsq(xn.ptr, nt, d, acc)?;
                 }
@@ -379,7 +447,12 @@ impl<'a> CudaModel<'a> {
             for r0 in (from..end).step_by(th) {
                 let np = th.min(end - r0);
                 let xr = x.at(r0 * d * 4);
-                gpu.launch("rms_norm_f16", np as u32, 256, &[&xr, &self.output_norm.ptr, &xn2.ptr, &di, &eps])?;
+                gpu.launch(
+                    "rms_norm_f16",
+                    np as u32,
+                    256,
+                    &[&xr, &self.output_norm.ptr, &xn2.ptr, &di, &eps],
+                )?;
                 if let Some(m) = &sums {
                     let per_layer: usize = widths.iter().sum();
                     gpu.col_sumsq(xn2.ptr, np, d, m.at(per_layer * self.layers.len() * 8))?;
@@ -394,7 +467,12 @@ impl<'a> CudaModel<'a> {
                     }
                     Head::Nll { targets, on } => {
                         gpu.upload(tg.ptr, &targets[r0 - from..r0 - from + np])?;
-                        gpu.launch("nll_rows", np as u32, 256, &[&logits.ptr, &tg.ptr, &nl.ptr, &nv_i])?;
+                        gpu.launch(
+                            "nll_rows",
+                            np as u32,
+                            256,
+                            &[&logits.ptr, &tg.ptr, &nl.ptr, &nv_i],
+                        )?;
                         gpu.download(&mut host_nll[..np], nl.ptr)?;
                         for (i, &v) in host_nll[..np].iter().enumerate() {
                             on(r0 + i, v);
@@ -564,7 +642,9 @@ pub fn check_dequantize(ordinal: usize) -> Result<Vec<DequantCheck>, ModelError>
     let mut out = Vec::new();
     for &f in FORMATS {
         let kernel = kernel_for(f).expect("every listed format has a kernel");
-        let rs = f.row_size(cols).expect("1024 is a multiple of every block size");
+        let rs = f
+            .row_size(cols)
+            .expect("1024 is a multiple of every block size");
         let mut bytes = vec![0u8; rs * rows];
         for (r, dst) in bytes.chunks_mut(rs).enumerate() {
             longquant_quants::tensor::quantize_row(f, &src[r * cols..(r + 1) * cols], None, dst)
@@ -574,7 +654,8 @@ pub fn check_dequantize(ordinal: usize) -> Result<Vec<DequantCheck>, ModelError>
         let n = rows * cols;
         let d_dst = gpu.alloc(n * 2, "check").map_err(dev)?;
         let ni = n as i64;
-        gpu.launch_n(kernel, n, &[&d_src.ptr, &d_dst.ptr, &ni]).map_err(dev)?;
+        gpu.launch_n(kernel, n, &[&d_src.ptr, &d_dst.ptr, &ni])
+            .map_err(dev)?;
         let mut got = vec![0u16; n];
         gpu.download(&mut got, d_dst.ptr).map_err(dev)?;
         let mut row = vec![0.0f32; cols];

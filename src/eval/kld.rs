@@ -1074,10 +1074,14 @@ pub fn compare_models(
     if base.config().n_vocab != model.config().n_vocab {
         return Err(KldError::VocabMismatch(format!(
             "{} vs {} tokens",
-            base.config().n_vocab, model.config().n_vocab
+            base.config().n_vocab,
+            model.config().n_vocab
         )));
     }
-    let max_ctx = base.config().context_length.min(model.config().context_length);
+    let max_ctx = base
+        .config()
+        .context_length
+        .min(model.config().context_length);
     let n_chunk = plan_chunks(tokens.len(), opts, max_ctx)?;
     let n_ctx = opts.n_ctx;
     let first = n_ctx / 2;
@@ -1226,7 +1230,8 @@ pub fn compare_with_saved(
     if h.n_vocab as usize != model.config().n_vocab {
         return Err(KldError::VocabMismatch(format!(
             "base results have {} tokens, the model {}",
-            h.n_vocab, model.config().n_vocab
+            h.n_vocab,
+            model.config().n_vocab
         )));
     }
     if let Some(v) = model_vocab {

@@ -290,9 +290,14 @@ pub fn sweep(
             vocab_fingerprint(ref_file.metadata()).unwrap_or(0),
         )
         .map_err(cmp_err)?;
-        save_base_results(model.as_ref(), &tokens, bos, &opts.compare, &mut w, &mut |d, t| {
-            progress(&format!("reference: chunk {d}/{t}"))
-        })
+        save_base_results(
+            model.as_ref(),
+            &tokens,
+            bos,
+            &opts.compare,
+            &mut w,
+            &mut |d, t| progress(&format!("reference: chunk {d}/{t}")),
+        )
         .map_err(cmp_err)?;
     }
     let reference_seconds = ref_start.elapsed().as_secs_f64();
