@@ -99,6 +99,32 @@ pub fn split_metadata(model: &Metadata, no: usize, count: usize, n_tensors: usiz
     m
 }
 
+/// How the output is cut into files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitLayout {
+    /// One file, named as given.
+    Single,
+    /// `--split-max-size`: gguf-split's rule with at most this many tensor bytes per file.
+    MaxSize(u64),
+    /// `--keep-split`: the file index of every tensor (in write order, non-decreasing, every
+    /// index below the largest used). Split names even for one file, as llama-quantize names it;
+    /// split keys only for several.
+    Given(Vec<usize>),
+}
+
+impl SplitLayout {
+    /// How many files the layout makes of tensors of these sizes.
+    pub fn count(&self, sizes: &[u64]) -> Option<usize> {
+        match self {
+            SplitLayout::Single => None,
+            SplitLayout::MaxSize(max) => {
+                Some(assign_splits(sizes, *max).last().map_or(1, |s| s + 1))
+            }
+            SplitLayout::Given(v) => Some(v.iter().max().map_or(1, |s| s + 1)),
+        }
+    }
+}
+
 /// Writes a model to one file, or to a split set, streaming tensor data in plan order.
 #[derive(Debug)]
 pub struct SplitWriter {
@@ -114,7 +140,7 @@ pub struct SplitWriter {
 }
 
 impl SplitWriter {
-    /// Plan and open the output: one file at `out` when `max_size` is `None`, else llama.cpp's
+    /// Plan and open the output: one file at `out` for [`SplitLayout::Single`], else llama.cpp's
     /// split layout beside it (always with split names, even when one file suffices, so that
     /// scripts can rely on the names). Temporary files are created for every part now.
     pub fn create(
@@ -122,23 +148,27 @@ impl SplitWriter {
         metadata: &Metadata,
         specs: Vec<TensorSpec>,
         sizes: Vec<u64>,
-        max_size: Option<u64>,
+        layout: &SplitLayout,
         opts: WriteOptions,
     ) -> Result<SplitWriter, SplitError> {
-        let Some(max) = max_size else {
-            let n = specs.len();
-            let w = GgufWriter::create(out, metadata, specs, opts)?;
-            return Ok(SplitWriter {
-                writers: vec![w],
-                paths: vec![out.to_path_buf()],
-                split_of: vec![0; n],
-                current: 0,
-                remaining: sizes.first().copied().unwrap_or(0),
-                sizes,
-            });
+        let (split_of, keys) = match layout {
+            SplitLayout::Single => {
+                let n = specs.len();
+                let w = GgufWriter::create(out, metadata, specs, opts)?;
+                return Ok(SplitWriter {
+                    writers: vec![w],
+                    paths: vec![out.to_path_buf()],
+                    split_of: vec![0; n],
+                    current: 0,
+                    remaining: sizes.first().copied().unwrap_or(0),
+                    sizes,
+                });
+            }
+            SplitLayout::MaxSize(max) => (assign_splits(&sizes, *max), true),
+            // llama-quantize --keep-split writes split keys only when there are several files.
+            SplitLayout::Given(v) => (v.clone(), v.iter().any(|&s| s > 0)),
         };
-        let split_of = assign_splits(&sizes, max);
-        let count = split_of.last().map_or(1, |s| s + 1);
+        let count = split_of.iter().max().map_or(1, |s| s + 1);
         if count > usize::from(u16::MAX) {
             return Err(SplitError::TooMany(count));
         }
@@ -152,7 +182,11 @@ impl SplitWriter {
         let n_tensors = split_of.len();
         let mut writers = Vec::with_capacity(count);
         for (i, (specs, path)) in per_split.into_iter().zip(&paths).enumerate() {
-            let md = split_metadata(metadata, i, count, n_tensors);
+            let md = if keys {
+                split_metadata(metadata, i, count, n_tensors)
+            } else {
+                metadata.clone()
+            };
             writers.push(GgufWriter::create(path, &md, specs, opts)?);
         }
         Ok(SplitWriter {
