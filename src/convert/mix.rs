@@ -309,6 +309,10 @@ pub struct MixOptions {
     pub token_embedding_type: Option<GgmlType>,
     /// `--leave-output-tensor`.
     pub leave_output_tensor: bool,
+    /// Visit the tensors in the caller's order instead of llama-quantize's sorted one: with
+    /// `--keep-split` llama-quantize sorts its tensors by (input file, offset) before choosing
+    /// types, so the `attn_v`/`ffn_down` counters then advance in file order.
+    pub file_order: bool,
 }
 
 impl MixOptions {
@@ -321,6 +325,7 @@ impl MixOptions {
             output_tensor_type: controls.output_tensor_type,
             token_embedding_type: controls.token_embedding_type,
             leave_output_tensor: controls.leave_output_tensor,
+            file_order: controls.keep_split,
         }
     }
 }
@@ -355,12 +360,14 @@ pub fn plan_mix_with(
     let has_imatrix = opts.has_imatrix;
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     // llama_model_loader::weight_name_comparer: by block index (non-block = -1 first), then by name.
-    order.sort_by(|&a, &b| {
-        let (na, nb) = (&tensors[a].name, &tensors[b].name);
-        block_index(na)
-            .cmp(&block_index(nb))
-            .then_with(|| na.cmp(nb))
-    });
+    if !opts.file_order {
+        order.sort_by(|&a, &b| {
+            let (na, nb) = (&tensors[a].name, &tensors[b].name);
+            block_index(na)
+                .cmp(&block_index(nb))
+                .then_with(|| na.cmp(nb))
+        });
+    }
     let mut st = State {
         n_attention_wv: tensors
             .iter()

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use longquant_formats::gguf::{Metadata, Value};
+use longquant_formats::gguf::{GgufFile, Metadata, Value};
 use longquant_formats::GgmlType;
 
 use super::controls::{apply_overrides, set_last, Controls};
@@ -27,11 +27,8 @@ use super::pipeline::{
     output_paths, prune_planned, split_count, tensor_bytes, with_threads, write_job, ConvertError,
     ConvertReport, DryRun, DryTensor, Fact, Job, PlannedTensor, Progress, Source,
 };
-use super::split::{
-    open_split_model, SplitLayout, SplitModel, KEY_SPLIT_COUNT, KEY_SPLIT_NO,
-    KEY_SPLIT_TENSORS_COUNT,
-};
-use super::stream::{block_format, split_err};
+use super::split::{SplitLayout, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
+use super::stream::block_format;
 
 /// What to quantize to and how.
 #[derive(Debug, Clone)]
@@ -102,14 +99,14 @@ fn md_u64(md: &Metadata, key: &str) -> Result<u64, ConvertError> {
 
 /// Plan a requantization of `model`: every tensor's type, and the metadata.
 pub fn plan_quantize(
-    model: &SplitModel,
+    model: &GgufFile,
     opts: &QuantizeOptions,
 ) -> Result<QuantizePlan, ConvertError> {
     plan_quantize_inner(model, opts, false)
 }
 
 fn plan_quantize_inner(
-    model: &SplitModel,
+    model: &GgufFile,
     opts: &QuantizeOptions,
     dry_run: bool,
 ) -> Result<QuantizePlan, ConvertError> {
@@ -135,7 +132,8 @@ fn plan_quantize_inner(
     };
     let mut tensors: Vec<PlannedTensor> = model
         .tensors()
-        .map(|(_, info)| PlannedTensor {
+        .iter()
+        .map(|info| PlannedTensor {
             name: info.name.clone(),
             source: Source::Checkpoint(info.name.clone()),
             role: None,
@@ -250,11 +248,15 @@ fn plan_quantize_inner(
 
 /// The output layout for `opts` (`--keep-split` follows the input's files).
 fn layout_for(
-    model: &SplitModel,
+    model: &GgufFile,
     plan: &QuantizePlan,
     opts: &QuantizeOptions,
 ) -> Result<SplitLayout, ConvertError> {
-    let part: HashMap<&str, usize> = model.tensors().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let part: HashMap<&str, usize> = model
+        .tensors()
+        .iter()
+        .map(|t| (t.name.as_str(), model.tensor_location(t).map_or(0, |l| l.0)))
+        .collect();
     output_layout(
         opts.split_max_size,
         opts.controls.keep_split,
@@ -283,7 +285,7 @@ pub fn quantize_dry_run(
     out: Option<&Path>,
     opts: &QuantizeOptions,
 ) -> Result<DryRun, ConvertError> {
-    let model = open_split_model(input).map_err(split_err)?;
+    let model = GgufFile::open(input)?;
     let plan = plan_quantize_inner(&model, opts, true)?;
     let layout = layout_for(&model, &plan, opts)?;
     let tensors = plan
@@ -292,7 +294,7 @@ pub fn quantize_dry_run(
         .zip(&plan.input_types)
         .map(|(t, from)| {
             let bytes_in = match &t.source {
-                Source::Checkpoint(n) => model.tensor(n).map_or(0, |(i, _)| i.n_bytes),
+                Source::Checkpoint(n) => model.tensor(n).map_or(0, |i| i.n_bytes),
                 Source::Generated(_) => 0,
             };
             DryTensor {
@@ -326,7 +328,7 @@ fn quantize_inner(
     let start = Instant::now();
     // Refuse input == output before opening anything large.
     check_outputs(&[out.to_path_buf()], &[input.to_path_buf()], opts.force)?;
-    let model = open_split_model(input).map_err(split_err)?;
+    let model = GgufFile::open(input)?;
     let inputs = model.paths();
     check_outputs(&[out.to_path_buf()], &inputs, opts.force)?;
     let plan = plan_quantize(&model, opts)?;
@@ -355,7 +357,7 @@ fn quantize_inner(
 /// Read the written file back and set its long-context keys beside the input's; any difference
 /// is an error (the metadata is copied, so it would be a bug).
 fn carried_facts(out: &Path, input: &Metadata) -> Result<Vec<Fact>, ConvertError> {
-    let f = longquant_formats::gguf::GgufFile::open(out)?;
+    let f = GgufFile::open(out)?;
     let md = f.metadata();
     let arch = input
         .get("general.architecture")
