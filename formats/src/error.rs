@@ -433,16 +433,16 @@ pub enum ErrorKind {
     /// A part's split keys do not continue the set (a file of another set or model).
     #[error("split keys (no {no:?}, count {count:?}, tensors {tensors:?}) do not continue the set: expected no {expected_no}, count {expected_count}, tensors {expected_tensors}")]
     SplitKeysMismatch {
-        /// Its `split.no`.
-        no: Option<u64>,
+        /// Its `split.no` (u16 in files; absent or out of range: None).
+        no: Option<u32>,
         /// Its `split.count`.
-        count: Option<u64>,
+        count: Option<u32>,
         /// Its `split.tensors.count`.
         tensors: Option<i64>,
         /// The `split.no` its name and position call for.
-        expected_no: u64,
+        expected_no: u32,
         /// The first file's `split.count`.
-        expected_count: u64,
+        expected_count: u32,
         /// The first file's `split.tensors.count`.
         expected_tensors: i64,
     },

@@ -170,14 +170,15 @@ impl GgufFile {
                 m.get(KEY_SPLIT_TENSORS_COUNT).and_then(Value::as_i64),
             );
             if found != (Some(i), Some(count), Some(declared)) {
+                let small = |v: Option<u64>| v.and_then(|x| u32::try_from(x).ok());
                 return Err(Error::new(
                     p,
                     ErrorKind::SplitKeysMismatch {
-                        no: found.0,
-                        count: found.1,
+                        no: small(found.0),
+                        count: small(found.1),
                         tensors: found.2,
-                        expected_no: i,
-                        expected_count: count,
+                        expected_no: u32::try_from(i).unwrap_or(u32::MAX),
+                        expected_count: u32::try_from(count).unwrap_or(u32::MAX),
                         expected_tensors: declared,
                     },
                 ));
