@@ -101,7 +101,10 @@ impl TensorTypeRule {
         Ok(TensorTypeRule {
             pattern,
             regex,
-            ggml_type: parse_ggml_type(OPT, ty)?,
+            ggml_type: parse_ggml_type(OPT, ty).map_err(|e| ControlError {
+                given: s.to_string(),
+                ..e
+            })?,
         })
     }
 
