@@ -200,15 +200,14 @@ fn plan_quantize_inner(
     }
     check_fit(&tensors, controls)?;
     // llama_model_quantize_impl's order: copy the keys, set the quantization version and file
-    // type (each set moves its key last), remove the split keys, apply the overrides, set the
-    // pruned block count.
+    // type, remove the split keys, apply the overrides (each moved last, as gguf_set_val_* does),
+    // set the pruned block count. One difference, kept on purpose: llama-quantize moves
+    // general.quantization_version and general.file_type last too; we keep them where the input
+    // has them, so that files made before stay byte-identical (the llama.cpp oracles in
+    // tests/data/llamacpp record the sha256 of files this command made).
     let mut metadata = md.clone();
-    set_last(&mut metadata, "general.quantization_version", 2u32);
-    set_last(
-        &mut metadata,
-        "general.file_type",
-        opts.file_type.llama_ftype(),
-    );
+    metadata.insert("general.quantization_version", 2u32);
+    metadata.insert("general.file_type", opts.file_type.llama_ftype());
     for k in [KEY_SPLIT_NO, KEY_SPLIT_COUNT, KEY_SPLIT_TENSORS_COUNT] {
         metadata.remove(k);
     }
