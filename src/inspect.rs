@@ -103,13 +103,20 @@ pub fn inspect_gguf(file: &GgufFile, with_tensors: bool) -> Result<Json, Inspect
         n_params += t.n_elements();
         tensor_bytes += t.n_bytes;
         if with_tensors {
-            tensors.push(json!({
+            let (split, offset) = file
+                .tensor_location(t)
+                .unwrap_or((0, file.data_offset() + t.offset));
+            let mut e = json!({
                 "name": t.name,
                 "shape": t.dims,
                 "type": t.ggml_type.name(),
                 "bytes": t.n_bytes,
-                "offset": file.data_offset() + t.offset,
-            }));
+                "offset": offset,
+            });
+            if file.paths().len() > 1 {
+                e["split"] = json!(split);
+            }
+            tensors.push(e);
         }
     }
     let mut doc = json!({
@@ -128,6 +135,13 @@ pub fn inspect_gguf(file: &GgufFile, with_tensors: bool) -> Result<Json, Inspect
         "file_size": file.file_size(),
         "bits_per_weight": bpw(tensor_bytes, n_params),
     });
+    let paths = file.paths();
+    if paths.len() > 1 {
+        doc["splits"] = json!(paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>());
+    }
     if with_tensors {
         doc["tensors"] = Json::Array(tensors);
     }

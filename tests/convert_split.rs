@@ -2,7 +2,6 @@
 //! file), refusals covering every split name, nothing left behind on failure.
 
 use longquant::convert::pipeline::{convert, ConvertError, ConvertOptions, Progress, TypeChoice};
-use longquant::convert::split::open_split_model;
 use longquant::convert::FileType;
 use longquant::formats::gguf::{GgufFile, Value};
 use std::path::PathBuf;
@@ -36,23 +35,25 @@ fn tiny_natural_split_equals_single_file() {
         );
     }
     assert_eq!(rep.output, rep.outputs[0]);
-    let m = open_split_model(&rep.output).unwrap();
+    let m = GgufFile::open(&rep.output).unwrap();
     let one = GgufFile::open(&single).unwrap();
-    assert_eq!(m.tensors().count(), one.tensors().len());
+    assert_eq!(m.tensors().len(), one.tensors().len());
     for t in one.tensors() {
-        let (info, bytes) = m.tensor(&t.name).unwrap();
+        let info = m.tensor(&t.name).unwrap();
         assert_eq!((info.ggml_type, &info.dims), (t.ggml_type, &t.dims));
-        assert_eq!(bytes, one.tensor_data(t), "{}", t.name);
+        assert_eq!(m.tensor_data(info), one.tensor_data(t), "{}", t.name);
     }
     // The first file has the model's metadata (the facts were checked on it), the others only
     // the split keys.
+    let parts: Vec<_> = m.part_headers().collect();
+    assert_eq!(parts.len(), n);
     assert_eq!(
-        m.files()[0].metadata().get("llama.rope.freq_base"),
+        parts[0].1.metadata.get("llama.rope.freq_base"),
         Some(&Value::F32(8_000_000.0))
     );
-    assert_eq!(m.files()[1].metadata().len(), 3);
+    assert_eq!(parts[1].1.metadata.len(), 3);
     assert_eq!(
-        m.files()[1].metadata().get("split.count"),
+        parts[1].1.metadata.get("split.count"),
         Some(&Value::U16(n as u16))
     );
 

@@ -8,7 +8,7 @@ use longquant::convert::mix::FileType;
 use longquant::convert::pipeline::{ConvertError, Progress};
 use longquant::convert::quantize::{quantize, QuantizeOptions};
 use longquant::convert::sha256::sha256_hex;
-use longquant::convert::split::{open_split_model, KEY_SPLIT_COUNT, KEY_SPLIT_NO};
+use longquant::convert::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO};
 use longquant::formats::gguf::{GgufFile, Value};
 use longquant::formats::GgmlType;
 use serde_json::Value as Json;
@@ -218,13 +218,13 @@ fn split_output_reads_back_whole() {
     );
     assert!(!split.exists(), "no unsplit file");
 
-    let m = open_split_model(&rep.output).unwrap();
-    assert_eq!(m.files().len(), n);
+    let m = GgufFile::open(&rep.output).unwrap();
+    assert_eq!(m.paths().len(), n);
     let one = GgufFile::open(&single).unwrap();
-    assert_eq!(m.tensors().count(), one.tensors().len());
+    assert_eq!(m.tensors().len(), one.tensors().len());
     // Only the first file carries the model's metadata; every file carries the split keys.
-    for (i, f) in m.files().iter().enumerate() {
-        let md = f.metadata();
+    for (i, (_, f)) in m.part_headers().enumerate() {
+        let md = &f.metadata;
         assert_eq!(md.get(KEY_SPLIT_NO), Some(&Value::U16(i as u16)));
         assert_eq!(md.get(KEY_SPLIT_COUNT), Some(&Value::U16(n as u16)));
         assert_eq!(
@@ -232,12 +232,8 @@ fn split_output_reads_back_whole() {
             Some(&Value::I32(one.tensors().len() as i32))
         );
         assert_eq!(md.contains_key("tokenizer.ggml.tokens"), i == 0);
-        let bytes: u64 = f
-            .tensors()
-            .iter()
-            .map(|t| t.n_bytes.div_ceil(32) * 32)
-            .sum();
-        assert!(bytes <= 40_000_000 || f.tensors().len() == 1);
+        let bytes: u64 = f.tensors.iter().map(|t| t.n_bytes.div_ceil(32) * 32).sum();
+        assert!(bytes <= 40_000_000 || f.tensors.len() == 1);
     }
     let md0: BTreeMap<&str, &Value> = m
         .metadata()
@@ -247,9 +243,9 @@ fn split_output_reads_back_whole() {
     let md1: BTreeMap<&str, &Value> = one.metadata().iter().collect();
     assert_eq!(md0, md1);
     for t in one.tensors() {
-        let (info, bytes) = m.tensor(&t.name).unwrap();
+        let info = m.tensor(&t.name).unwrap();
         assert_eq!((info.ggml_type, &info.dims), (t.ggml_type, &t.dims));
-        assert_eq!(bytes, one.tensor_data(t), "{}", t.name);
+        assert_eq!(m.tensor_data(info), one.tensor_data(t), "{}", t.name);
     }
     // A split set requantizes as its first file: same result as the single file (F32 copy of Q8_0
     // tensors dequantized, then back to Q8_0: identical bytes since Q8_0 → Q8_0 is a copy).
@@ -264,8 +260,8 @@ fn split_output_reads_back_whole() {
     }
     // Giving a later file of the set is refused, as llama.cpp refuses it.
     let second = rep.outputs[1].clone();
-    assert!(open_split_model(&second).is_err());
+    assert!(GgufFile::open(&second).is_err());
     // A missing member is an error, not a silently smaller model.
     std::fs::remove_file(rep.outputs.last().unwrap()).unwrap();
-    assert!(open_split_model(&rep.output).is_err());
+    assert!(GgufFile::open(&rep.output).is_err());
 }

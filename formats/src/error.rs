@@ -394,6 +394,74 @@ pub enum ErrorKind {
         /// Second shard.
         second: String,
     },
+    /// A later file of a GGUF split set was given where the set's first file is needed.
+    #[error("this is split file {} of {count}; give the first file of the set (PREFIX-00001-of-{count:05}.gguf)", no + 1)]
+    SplitNotFirst {
+        /// Its `split.no` (0-based).
+        no: u64,
+        /// Its `split.count`.
+        count: u64,
+    },
+    /// The first file of a split set lacks a split key.
+    #[error("split set without {key}")]
+    SplitKeyMissing {
+        /// The key.
+        key: &'static str,
+    },
+    /// A split file's name does not follow `PREFIX-NNNNN-of-MMMMM.gguf` for its split keys.
+    #[error("split file {} of {count} must be named PREFIX-{:05}-of-{count:05}.gguf", no + 1, no + 1)]
+    SplitBadName {
+        /// Its `split.no` (0-based).
+        no: u64,
+        /// Its `split.count`.
+        count: u64,
+    },
+    /// A part of a split set is not there (the path is the part's expected name).
+    #[error("split part {} of {count} is missing", no + 1)]
+    SplitPartMissing {
+        /// The missing part's index (0-based).
+        no: u64,
+        /// Parts the first file declares.
+        count: u64,
+    },
+    /// A file beside a split set continues its numbering past the declared count.
+    #[error("extra split part: the set's first file declares {count} parts")]
+    SplitPartExtra {
+        /// Parts the first file declares.
+        count: u64,
+    },
+    /// A part's split keys do not continue the set (a file of another set or model).
+    #[error("split keys (no {no:?}, count {count:?}, tensors {tensors:?}) do not continue the set: expected no {expected_no}, count {expected_count}, tensors {expected_tensors}")]
+    SplitKeysMismatch {
+        /// Its `split.no` (u16 in files; absent or out of range: None).
+        no: Option<u32>,
+        /// Its `split.count`.
+        count: Option<u32>,
+        /// Its `split.tensors.count`.
+        tensors: Option<i64>,
+        /// The `split.no` its name and position call for.
+        expected_no: u32,
+        /// The first file's `split.count`.
+        expected_count: u32,
+        /// The first file's `split.tensors.count`.
+        expected_tensors: i64,
+    },
+    /// The parts together hold another number of tensors than the set declares.
+    #[error("the split files hold {found} tensors; split.tensors.count says {declared}")]
+    SplitTensorCount {
+        /// `split.tensors.count`.
+        declared: i64,
+        /// Tensors in all parts.
+        found: u64,
+    },
+    /// The same tensor in two files of a split set.
+    #[error("tensor {tensor:?} is also in split file {}", first.display())]
+    DuplicateAcrossSplits {
+        /// The tensor.
+        tensor: String,
+        /// The earlier file holding it.
+        first: PathBuf,
+    },
     /// The index names a shard file that does not exist.
     #[error("index names shard {shard:?}, which does not exist")]
     MissingShard {

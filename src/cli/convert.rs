@@ -3,7 +3,10 @@
 //! error lifting here are shared with `quantize`.
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use longquant::convert::pipeline::{ConvertError, Progress};
+use longquant::convert::controls::{
+    parse_ggml_type, parse_prune_layers, Controls, KvOverride, TensorTypeRule,
+};
+use longquant::convert::pipeline::{convert_dry_run, ConvertError, DryRun, Progress};
 use longquant::convert::{convert, ConvertOptions, ConvertReport, FileType, TypeChoice};
 use longquant::formats::ErrorKind;
 use std::io::IsTerminal;
@@ -38,6 +41,154 @@ pub struct Args {
     /// Replace OUT if it exists.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    controls: ControlArgs,
+}
+
+/// llama-quantize's controls, with its names and semantics (shared by `convert` and `quantize`).
+#[derive(clap::Args)]
+pub(super) struct ControlArgs {
+    /// Quantize the tensors whose name matches the regular expression PATTERN (searched,
+    /// lowercased) to TYPE (a ggml type: q8_0, q4_k, f16, ...). Repeatable; the first matching
+    /// rule wins, as in llama-quantize. Matched tensors skip the mix rules.
+    #[arg(long = "tensor-type", value_name = "PATTERN=TYPE")]
+    tensor_type: Vec<String>,
+    /// ggml type for output.weight (no shape fallback; with tied embeddings it reaches
+    /// token_embd.weight too, unless --token-embedding-type is given).
+    #[arg(long, value_name = "TYPE")]
+    output_tensor_type: Option<String>,
+    /// ggml type for token_embd.weight (no shape fallback).
+    #[arg(long, value_name = "TYPE")]
+    token_embedding_type: Option<String>,
+    /// Leave output.weight un(re)quantized (its input type).
+    #[arg(long)]
+    leave_output_tensor: bool,
+    /// Set a metadata key in the output: TYPE is int (written as UINT32 of |N|), float (FLOAT32),
+    /// bool (true/false) or str (at most 127 bytes). Repeatable, applied in order.
+    #[arg(long = "override-kv", value_name = "KEY=TYPE:VALUE")]
+    override_kv: Vec<String>,
+    /// Use the importance matrix only for tensors whose name contains S (repeatable).
+    #[arg(
+        long = "include-weights",
+        value_name = "S",
+        conflicts_with = "exclude_weights"
+    )]
+    include_weights: Vec<String>,
+    /// Do not use the importance matrix for tensors whose name contains S (repeatable).
+    #[arg(long = "exclude-weights", value_name = "S")]
+    exclude_weights: Vec<String>,
+    /// Remove these blocks (comma-separated indices) and renumber the rest.
+    #[arg(long, value_name = "L0,L1,...")]
+    prune_layers: Option<String>,
+    /// Write the output in the same parts as the input (quantize: the input's split files;
+    /// convert: one GGUF file per safetensors shard), named OUT-0000i-of-0000N.gguf.
+    #[arg(long, conflicts_with = "split_max_size")]
+    keep_split: bool,
+    /// Show every tensor's type and size and the total, and write nothing.
+    #[arg(long)]
+    pub(super) dry_run: bool,
+}
+
+impl ControlArgs {
+    /// The library's controls, every value parsed and checked.
+    pub(super) fn controls(&self) -> anyhow::Result<Controls> {
+        let c = Controls {
+            tensor_types: self
+                .tensor_type
+                .iter()
+                .map(|s| TensorTypeRule::parse(s))
+                .collect::<Result<_, _>>()?,
+            output_tensor_type: self
+                .output_tensor_type
+                .as_deref()
+                .map(|s| parse_ggml_type("--output-tensor-type", s))
+                .transpose()?,
+            token_embedding_type: self
+                .token_embedding_type
+                .as_deref()
+                .map(|s| parse_ggml_type("--token-embedding-type", s))
+                .transpose()?,
+            leave_output_tensor: self.leave_output_tensor,
+            override_kv: self
+                .override_kv
+                .iter()
+                .map(|s| KvOverride::parse(s))
+                .collect::<Result<_, _>>()?,
+            include_weights: self.include_weights.clone(),
+            exclude_weights: self.exclude_weights.clone(),
+            prune_layers: self
+                .prune_layers
+                .as_deref()
+                .map(parse_prune_layers)
+                .transpose()?
+                .unwrap_or_default(),
+            keep_split: self.keep_split,
+        };
+        c.check()?;
+        Ok(c)
+    }
+}
+
+/// Print a dry run as a table, or as JSON.
+pub(super) fn print_dry_run(d: &DryRun, json: bool) -> anyhow::Result<()> {
+    if json {
+        let doc = serde_json::json!({
+            "dry_run": true,
+            "file_type": d.file_type.name(),
+            "tensors": d.tensors.iter().map(|t| serde_json::json!({
+                "name": t.name, "dims": t.dims, "from": t.from, "to": t.to.name(),
+                "bytes_in": t.bytes_in, "bytes_out": t.bytes_out})).collect::<Vec<_>>(),
+            "total_in": d.total_in(),
+            "total_out": d.total_out(),
+            "n_params": d.n_params,
+            "bits_per_weight": d.bits_per_weight(),
+            "n_fallback": d.n_fallback,
+            "outputs": d.outputs,
+            "warnings": d.warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    for (i, t) in d.tensors.iter().enumerate() {
+        let dims: Vec<String> = t.dims.iter().map(u64::to_string).collect();
+        println!(
+            "[{:>4}/{:>4}] {:<36} [{}] {:>8} -> {:<8} {:>10.3} MiB -> {:>10.3} MiB",
+            i + 1,
+            d.tensors.len(),
+            t.name.escape_debug().to_string(),
+            dims.join(", "),
+            t.from,
+            t.to.name(),
+            mib(t.bytes_in),
+            mib(t.bytes_out)
+        );
+    }
+    let bpw = |b: u64| {
+        if d.n_params == 0 {
+            0.0
+        } else {
+            b as f64 * 8.0 / d.n_params as f64
+        }
+    };
+    println!(
+        "model size {:.2} MiB ({:.2} BPW), quantized size {:.2} MiB ({:.2} BPW), {} bytes of tensors; nothing written (dry run)",
+        mib(d.total_in()),
+        bpw(d.total_in()),
+        mib(d.total_out()),
+        d.bits_per_weight(),
+        d.total_out()
+    );
+    if d.n_fallback > 0 {
+        println!("{} tensors fell back to a 32-wide type", d.n_fallback);
+    }
+    for o in &d.outputs {
+        println!("would write {}", o.display());
+    }
+    for w in &d.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
 }
 
 /// `--split-max-size`: decimal (`4G` = 4e9 bytes, as llama-gguf-split) or binary (`2GiB`) units.
@@ -61,7 +212,14 @@ pub fn run(a: Args, json: bool) -> anyhow::Result<()> {
         threads: a.threads,
         imatrix: a.imatrix.clone(),
         split_max_size: a.split_max_size,
+        controls: a.controls.controls()?,
     };
+    if a.controls.dry_run {
+        let d = convert_dry_run(&a.src, &a.output, &opts)
+            .map_err(lift)
+            .with_context(|| format!("planning {}", a.src.display()))?;
+        return print_dry_run(&d, json);
+    }
     let bar = progress_bar(json);
     let mut n_tensors = 0usize;
     let mut done = 0usize;

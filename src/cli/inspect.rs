@@ -101,12 +101,18 @@ fn render(doc: &Json) -> String {
     );
     match doc["format"].as_str() {
         Some("gguf") => {
+            let splits = doc["splits"].as_array().map_or(1, Vec::len);
             let _ = writeln!(
                 s,
-                "format:        GGUF v{} (alignment {}), {}",
+                "format:        GGUF v{} (alignment {}), {}{}",
                 get("gguf_version"),
                 get("alignment"),
-                human_bytes(get("file_size").as_u64().unwrap_or(0))
+                human_bytes(get("file_size").as_u64().unwrap_or(0)),
+                if splits > 1 {
+                    format!(", split set of {splits} files (read as one model)")
+                } else {
+                    String::new()
+                }
             );
         }
         _ => {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use longquant_formats::gguf::Metadata;
 
+use super::controls::set_last;
 use super::pipeline::{ConvertError, PlannedTensor};
 use crate::imatrix::Imatrix;
 
@@ -33,6 +34,9 @@ pub struct ImportanceWeights {
     pub datasets: Vec<String>,
     /// Chunks the matrix was computed on (0 when unknown).
     pub chunk_count: u32,
+    /// Entries kept after `--include-weights`/`--exclude-weights` (what
+    /// `quantize.imatrix.entries_count` records; renaming for `--prune-layers` does not change it).
+    entries_count: usize,
     weights: HashMap<String, Vec<f32>>,
 }
 
@@ -57,9 +61,37 @@ fn truncate_bytes(s: &str, max: usize) -> &str {
 impl ImportanceWeights {
     /// Read `path` and derive every entry's weights; refuses non-finite values.
     pub fn load(path: &Path) -> Result<ImportanceWeights, ConvertError> {
+        Ok(
+            ImportanceWeights::load_filtered(path, &[], &[])?.unwrap_or_else(|| {
+                ImportanceWeights {
+                    path: path.to_path_buf(),
+                    datasets: Vec::new(),
+                    chunk_count: 0,
+                    entries_count: 0,
+                    weights: HashMap::new(),
+                }
+            }),
+        )
+    }
+
+    /// Read `path` keeping only the entries llama-quantize keeps: with `include` non-empty, those
+    /// whose name contains one of its strings; else without those whose name contains one of
+    /// `exclude`'s (`--include-weights`, `--exclude-weights`). `None` when no entry is left: then,
+    /// as in llama-quantize, there is no importance matrix at all. Non-finite values are refused
+    /// in the kept entries.
+    pub fn load_filtered(
+        path: &Path,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<Option<ImportanceWeights>, ConvertError> {
         let im = Imatrix::read(path)?;
         let mut weights = HashMap::with_capacity(im.entries.len());
         for name in im.entries.keys() {
+            if exclude.iter().any(|x| name.contains(x.as_str()))
+                || (!include.is_empty() && !include.iter().any(|x| name.contains(x.as_str())))
+            {
+                continue;
+            }
             let Some(w) = im.weights_for(name) else {
                 continue;
             };
@@ -72,12 +104,28 @@ impl ImportanceWeights {
             }
             weights.insert(name.clone(), w);
         }
-        Ok(ImportanceWeights {
+        if weights.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ImportanceWeights {
             path: path.to_path_buf(),
             datasets: im.datasets,
             chunk_count: im.chunk_count,
+            entries_count: weights.len(),
             weights,
-        })
+        }))
+    }
+
+    /// After `--prune-layers`: entries are looked up by the tensors' new names, each pair being
+    /// (new name, name before pruning), as llama-quant.cpp's `remap_imatrix` looks them up.
+    pub fn rename(&mut self, pairs: &[(String, String)]) {
+        let mut renamed = HashMap::with_capacity(self.weights.len());
+        for (new, old) in pairs {
+            if let Some(w) = self.weights.get(old) {
+                renamed.insert(new.clone(), w.clone());
+            }
+        }
+        self.weights = renamed;
     }
 
     /// Entries (weight matrices) in the file.
@@ -139,22 +187,26 @@ impl ImportanceWeights {
     /// chunk count (both UINT32).
     pub fn add_metadata(&self, md: &mut Metadata) {
         let file = self.path.to_string_lossy();
-        md.insert(
+        // llama-quantize passes these as metadata overrides: each set moves its key last.
+        set_last(
+            md,
             "quantize.imatrix.file",
             truncate_bytes(&file, MAX_OVERRIDE_STR),
         );
         if let Some(d) = self.datasets.first() {
-            md.insert(
+            set_last(
+                md,
                 "quantize.imatrix.dataset",
                 truncate_bytes(d, MAX_OVERRIDE_STR),
             );
         }
-        md.insert(
+        set_last(
+            md,
             "quantize.imatrix.entries_count",
-            u32::try_from(self.weights.len()).unwrap_or(u32::MAX),
+            u32::try_from(self.entries_count).unwrap_or(u32::MAX),
         );
         if self.chunk_count > 0 {
-            md.insert("quantize.imatrix.chunks_count", self.chunk_count);
+            set_last(md, "quantize.imatrix.chunks_count", self.chunk_count);
         }
     }
 }

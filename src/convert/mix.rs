@@ -11,6 +11,8 @@
 
 use longquant_formats::GgmlType;
 
+use super::controls::{first_match, Controls, TensorTypeRule};
+
 /// A llama.cpp file type (`enum llama_ftype`), i.e. a quantization mix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
@@ -152,6 +154,9 @@ pub struct MixTensor {
 /// The type chosen for one tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice {
+    /// Whether the tensor may be quantized at all (`tensor_allows_quantization`). When not, the
+    /// caller keeps the input's type and `ggml_type` is only a placeholder (F32).
+    pub allowed: bool,
     /// The type the tensor is written in.
     pub ggml_type: GgmlType,
     /// When the mix wanted a type whose block does not divide the row length, that type.
@@ -217,6 +222,12 @@ fn is_attn_v_like(c: Category) -> bool {
 /// `quantize_output_tensor` on, no `only_copy`). Tensors it refuses keep their type: F32 from a
 /// Hugging Face checkpoint, the input's type in llama-quantize.
 pub fn allows_quantization(t: &MixTensor) -> bool {
+    allows_quantization_with(t, true)
+}
+
+/// [`allows_quantization`] with llama-quantize's `quantize_output_tensor` parameter
+/// (`--leave-output-tensor` turns it off).
+pub fn allows_quantization_with(t: &MixTensor, quantize_output_tensor: bool) -> bool {
     let n_dims = t.ne.iter().rposition(|&d| d != 1).map_or(1, |p| p + 1);
     if n_dims < 2 {
         return false;
@@ -228,6 +239,7 @@ pub fn allows_quantization(t: &MixTensor) -> bool {
         && !n.contains("altup")
         && !n.contains("laurel")
         && !n.contains("per_layer_model_proj")
+        && (quantize_output_tensor || n != "output.weight")
         && n != "position_embd.weight"
         && n != "token_types.weight"
         && !n.contains("ssm_conv1d")
@@ -276,10 +288,12 @@ struct State {
     n_gqa: u64,
     has_imatrix: bool,
     n_fallback: usize,
+    /// `--output-tensor-type`, which also reaches tied token embeddings through the output rule.
+    output_tensor_type: Option<GgmlType>,
 }
 
 /// Options of [`plan_mix_with`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct MixOptions {
     /// An importance matrix will be used (matters only for Q4_0/Q5_0: llama.cpp then protects
     /// the first `ffn_down` layers).
@@ -287,6 +301,33 @@ pub struct MixOptions {
     /// llama-quantize's `--pure`: every quantizable tensor gets the default type (the shape
     /// fallbacks still apply, as they must for the blocks to fit).
     pub pure: bool,
+    /// `--tensor-type` rules (first match wins; only for quantized file types).
+    pub tensor_types: Vec<TensorTypeRule>,
+    /// `--output-tensor-type`.
+    pub output_tensor_type: Option<GgmlType>,
+    /// `--token-embedding-type`.
+    pub token_embedding_type: Option<GgmlType>,
+    /// `--leave-output-tensor`.
+    pub leave_output_tensor: bool,
+    /// Visit the tensors in the caller's order instead of llama-quantize's sorted one: with
+    /// `--keep-split` llama-quantize sorts its tensors by (input file, offset) before choosing
+    /// types, so the `attn_v`/`ffn_down` counters then advance in file order.
+    pub file_order: bool,
+}
+
+impl MixOptions {
+    /// The options that `controls` sets, plus the imatrix and `--pure` flags.
+    pub fn from_controls(controls: &Controls, has_imatrix: bool, pure: bool) -> MixOptions {
+        MixOptions {
+            has_imatrix,
+            pure,
+            tensor_types: controls.tensor_types.clone(),
+            output_tensor_type: controls.output_tensor_type,
+            token_embedding_type: controls.token_embedding_type,
+            leave_output_tensor: controls.leave_output_tensor,
+            file_order: controls.keep_split,
+        }
+    }
 }
 
 /// Decide every tensor's type for `ftype`. `has_imatrix` matters only for Q4_0/Q5_0 (llama.cpp
@@ -301,29 +342,32 @@ pub fn plan_mix(
         ftype,
         tensors,
         shape,
-        MixOptions {
+        &MixOptions {
             has_imatrix,
-            pure: false,
+            ..MixOptions::default()
         },
     )
 }
 
-/// [`plan_mix`] with all of llama-quantize's options that change types.
+/// [`plan_mix`] with all of llama-quantize's options that change types (`llama_tensor_get_type`,
+/// the wrapper around the mix rules).
 pub fn plan_mix_with(
     ftype: FileType,
     tensors: &[MixTensor],
     shape: ModelShape,
-    opts: MixOptions,
+    opts: &MixOptions,
 ) -> Mix {
     let has_imatrix = opts.has_imatrix;
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     // llama_model_loader::weight_name_comparer: by block index (non-block = -1 first), then by name.
-    order.sort_by(|&a, &b| {
-        let (na, nb) = (&tensors[a].name, &tensors[b].name);
-        block_index(na)
-            .cmp(&block_index(nb))
-            .then_with(|| na.cmp(nb))
-    });
+    if !opts.file_order {
+        order.sort_by(|&a, &b| {
+            let (na, nb) = (&tensors[a].name, &tensors[b].name);
+            block_index(na)
+                .cmp(&block_index(nb))
+                .then_with(|| na.cmp(nb))
+        });
+    }
     let mut st = State {
         n_attention_wv: tensors
             .iter()
@@ -340,10 +384,12 @@ pub fn plan_mix_with(
         n_gqa: shape.n_head.checked_div(shape.n_head_kv).unwrap_or(0),
         has_imatrix,
         n_fallback: 0,
+        output_tensor_type: opts.output_tensor_type,
     };
     let default = ftype.default_type();
     let mut choices = vec![
         Choice {
+            allowed: false,
             ggml_type: GgmlType::F32,
             fallback_from: None
         };
@@ -351,14 +397,39 @@ pub fn plan_mix_with(
     ];
     for i in order {
         let t = &tensors[i];
-        if !allows_quantization(t) {
+        if !allows_quantization_with(t, !opts.leave_output_tensor) {
             // 1-D tensors and norms stay F32, as convert_hf_to_gguf.py writes them.
+            continue;
+        }
+        let cat = category(&t.name);
+        let forced = match (opts.token_embedding_type, opts.output_tensor_type) {
+            // per_layer_token_embd follows --token-embedding-type unless a --tensor-type names it.
+            (Some(ty), _)
+                if cat == Category::TokenEmbd
+                    && !(t.name == "per_layer_token_embd.weight"
+                        && first_match(&opts.tensor_types, &t.name).is_some()) =>
+            {
+                Some(ty)
+            }
+            (_, Some(ty)) if cat == Category::Output => Some(ty),
+            _ => None,
+        };
+        if let Some(ty) = forced {
+            // Used as given: llama-quantize applies no shape fallback to these two.
+            choices[i] = Choice {
+                allowed: true,
+                ggml_type: ty,
+                fallback_from: None,
+            };
             continue;
         }
         let mut ty = default;
         let mut fallback_from = None;
         if ftype.is_quantized() {
-            if !opts.pure {
+            let manual = first_match(&opts.tensor_types, &t.name);
+            if let Some(m) = manual {
+                ty = m;
+            } else if !opts.pure {
                 ty = type_impl(&mut st, ty, t, ftype);
             }
             let (fallen, changed) = fallback(&mut st, t, ty);
@@ -368,6 +439,7 @@ pub fn plan_mix_with(
             ty = fallen;
         }
         choices[i] = Choice {
+            allowed: true,
             ggml_type: ty,
             fallback_from,
         };
@@ -384,7 +456,9 @@ fn type_impl(st: &mut State, mut ty: GgmlType, t: &MixTensor, ftype: FileType) -
     let cat = category(&t.name);
     if cat == Category::Output || (st.has_tied_embeddings && cat == Category::TokenEmbd) {
         let nx = t.ne.first().copied().unwrap_or(0);
-        if nx % ty.block_size() != 0 {
+        if let Some(o) = st.output_tensor_type {
+            ty = o;
+        } else if nx % ty.block_size() != 0 {
             ty = GgmlType::Q8_0;
         } else if ty != GgmlType::Q8_0 {
             ty = GgmlType::Q6_K;

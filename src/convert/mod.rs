@@ -11,6 +11,7 @@
 //! - [`split`]: llama.cpp's split layout (`-00001-of-0000N.gguf`).
 
 pub mod config;
+pub mod controls;
 pub mod importance;
 pub mod mix;
 pub mod names;

@@ -15,12 +15,11 @@ use longquant_formats::GgmlType;
 use longquant_quants::QuantError;
 
 use super::config::{ConfigError, LlamaConfig, RopeScaling};
+use super::controls::{apply_overrides, prune, set_last, ControlError, Controls, KvOverride};
 use super::importance::ImportanceWeights;
-use super::mix::{
-    allows_quantization, plan_mix, requires_imatrix, FileType, MixTensor, ModelShape,
-};
+use super::mix::{plan_mix_with, requires_imatrix, FileType, MixOptions, MixTensor, ModelShape};
 use super::names::{map_hf_name, HfName, PermuteError, Role, ROPE_FREQS};
-use super::split::SplitWriter;
+use super::split::{SplitLayout, SplitWriter};
 use super::stream::{split_err, stream_tensors, TensorSource};
 use super::tokenizer::{
     add_special_key, load_vocab, special_id_key, ChatTemplate, TokenizerError, Vocab,
@@ -154,6 +153,24 @@ pub enum ConvertError {
         /// The type the mix chose for it (ggml's name).
         ggml_type: String,
     },
+    /// A malformed or contradictory llama-quantize control.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// A type forced by `--output-tensor-type` / `--token-embedding-type` (which llama-quantize
+    /// applies without a shape fallback) does not fit the tensor's rows.
+    #[error("{option} {ggml_type} does not fit tensor {name}: its rows of {row} weights are not a multiple of {block}")]
+    TypeDoesNotFit {
+        /// The option that forced it.
+        option: &'static str,
+        /// GGUF tensor name.
+        name: String,
+        /// ggml type name.
+        ggml_type: String,
+        /// Row length.
+        row: u64,
+        /// The type's block size.
+        block: u64,
+    },
     /// After writing, the GGUF does not carry what config.json says (a bug; the file is removed).
     #[error("written file disagrees with config.json: {0}")]
     Verify(String),
@@ -219,6 +236,9 @@ pub struct ConvertOptions {
     pub imatrix: Option<PathBuf>,
     /// Write llama.cpp's split layout with files of at most this many tensor bytes.
     pub split_max_size: Option<u64>,
+    /// llama-quantize's per-tensor and metadata controls (`--keep-split` writes one GGUF file
+    /// per safetensors shard).
+    pub controls: Controls,
 }
 
 impl Default for ConvertOptions {
@@ -230,6 +250,7 @@ impl Default for ConvertOptions {
             threads: None,
             imatrix: None,
             split_max_size: None,
+            controls: Controls::default(),
         }
     }
 }
@@ -281,10 +302,13 @@ pub struct Plan {
     pub n_fallback: usize,
     /// Parameters (elements of all tensors).
     pub n_params: u64,
-    /// The importance matrix, when one was given.
+    /// The importance matrix, when one was given (and `--include-weights`/`--exclude-weights`
+    /// left entries in it).
     pub imatrix: Option<ImportanceWeights>,
     /// GGUF metadata.
     pub metadata: Metadata,
+    /// Non-fatal findings of planning (a dry run's "will need an importance matrix").
+    pub warnings: Vec<String>,
 }
 
 /// Progress events for a progress bar.
@@ -410,6 +434,18 @@ pub fn plan(
     st: &SafetensorsModel,
     opts: &ConvertOptions,
 ) -> Result<Plan, ConvertError> {
+    plan_inner(src_dir, st, opts, false)
+}
+
+/// [`plan`]; with `dry_run`, a file type that would need an importance matrix is a warning, as
+/// in llama-quantize `--dry-run`.
+fn plan_inner(
+    src_dir: &Path,
+    st: &SafetensorsModel,
+    opts: &ConvertOptions,
+    dry_run: bool,
+) -> Result<Plan, ConvertError> {
+    opts.controls.check()?;
     let cfg_path = src_dir.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|source| ConvertError::Io {
         path: cfg_path.clone(),
@@ -420,11 +456,7 @@ pub fn plan(
         source,
     })?;
     // Read before the checkpoint is planned: a bad file fails fast.
-    let imatrix = opts
-        .imatrix
-        .as_deref()
-        .map(ImportanceWeights::load)
-        .transpose()?;
+    let mut imatrix = load_imatrix(opts.imatrix.as_deref(), &opts.controls)?;
 
     // The blocks the checkpoint holds, before anything is sized by config.json's count: a config
     // claiming 10^9 layers beside tensors for 16 must fail here, not after listing 9·10^9 names.
@@ -562,6 +594,9 @@ pub fn plan(
             n_bytes: 0,
         });
     }
+    // The label is the whole model's, as in the GGUF llama-quantize --prune-layers would read.
+    let label_params: u64 = tensors.iter().map(|t| t.dims.iter().product::<u64>()).sum();
+    let pruned_blocks = prune_planned(&mut tensors, &opts.controls.prune_layers, &mut imatrix);
     let mix_in: Vec<MixTensor> = tensors
         .iter()
         .map(|t| MixTensor {
@@ -574,32 +609,51 @@ pub fn plan(
         n_head: config.n_head,
         n_head_kv: config.n_head_kv,
     };
-    let mix = plan_mix(file_type, &mix_in, shape, imatrix.is_some());
+    let mix = plan_mix_with(
+        file_type,
+        &mix_in,
+        shape,
+        &MixOptions::from_controls(&opts.controls, imatrix.is_some(), false),
+    );
+    let mut warnings = Vec::new();
     if imatrix.is_none() {
-        check_imatrix_not_required(file_type, &mix_in, &mix)?;
+        imatrix_requirement(file_type, &mix_in, &mix, dry_run, &mut warnings)?;
     }
     let mut n_params = 0u64;
     for (t, c) in tensors.iter_mut().zip(&mix.choices) {
         t.ggml_type = c.ggml_type;
         t.fallback_from = c.fallback_from;
+        if !c.allowed && t.role == Some(Role::Output) {
+            // --leave-output-tensor: the checkpoint's own precision, as convert_hf_to_gguf.py
+            // (auto) writes it for llama-quantize to leave alone.
+            if let Source::Checkpoint(n) = &t.source {
+                t.ggml_type = st
+                    .get(n)
+                    .and_then(|s| match s.dtype {
+                        Dtype::F16 => Some(GgmlType::F16),
+                        Dtype::BF16 => Some(GgmlType::BF16),
+                        _ => None,
+                    })
+                    .unwrap_or(GgmlType::F32);
+            }
+        }
         let n: u64 = t.dims.iter().product();
         n_params += n;
-        let rows: u64 = t.dims.iter().skip(1).product();
-        t.n_bytes = c
-            .ggml_type
-            .row_size(t.dims.first().copied().unwrap_or(0))
-            .and_then(|r| r.checked_mul(rows))
-            .unwrap_or(u64::MAX);
+        t.n_bytes = tensor_bytes(t.ggml_type, &t.dims);
     }
+    check_fit(&tensors, &opts.controls)?;
 
     crate::interrupt::check()?;
     let vocab = load_vocab(src_dir, &config, opts.pre_override.as_deref())?;
     crate::interrupt::check()?;
-    let mut metadata = build_metadata(src_dir, &config, &vocab, file_type, n_params);
-    if let Some(im) = &imatrix {
-        im.check(&tensors)?;
-        im.add_metadata(&mut metadata);
-    }
+    let mut metadata = build_metadata(src_dir, &config, &vocab, file_type, label_params);
+    finish_metadata(
+        &mut metadata,
+        &opts.controls,
+        imatrix.as_ref(),
+        &tensors,
+        pruned_blocks.map(|b| ("llama".to_string(), b)),
+    )?;
     Ok(Plan {
         src_dir: src_dir.to_path_buf(),
         config,
@@ -610,22 +664,137 @@ pub fn plan(
         n_params,
         metadata,
         imatrix,
+        warnings,
     })
+}
+
+/// The importance matrix as llama-quantize prepares it: read, filtered by
+/// `--include-weights`/`--exclude-weights` (`None` when nothing is left).
+pub(crate) fn load_imatrix(
+    path: Option<&Path>,
+    controls: &Controls,
+) -> Result<Option<ImportanceWeights>, ConvertError> {
+    match path {
+        None => Ok(None),
+        Some(p) => ImportanceWeights::load_filtered(
+            p,
+            &controls.include_weights,
+            &controls.exclude_weights,
+        ),
+    }
+}
+
+/// Bytes of a tensor of `ty` and `dims` (`u64::MAX` when its rows do not fit the type).
+pub(crate) fn tensor_bytes(ty: GgmlType, dims: &[u64]) -> u64 {
+    let rows: u64 = dims.iter().skip(1).product();
+    ty.row_size(dims.first().copied().unwrap_or(0))
+        .and_then(|r| r.checked_mul(rows))
+        .unwrap_or(u64::MAX)
+}
+
+/// `--prune-layers` on planned tensors: pruned blocks removed, the rest renamed, the importance
+/// matrix looked up by the old names. Returns the new block count (None without pruning).
+pub(crate) fn prune_planned(
+    tensors: &mut Vec<PlannedTensor>,
+    layers: &[u64],
+    imatrix: &mut Option<ImportanceWeights>,
+) -> Option<u64> {
+    if layers.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let p = prune(&names, layers);
+    let mut pairs = Vec::with_capacity(tensors.len());
+    let old = std::mem::take(tensors);
+    for (mut t, new) in old.into_iter().zip(p.names) {
+        if let Some(new) = new {
+            pairs.push((new.clone(), t.name.clone()));
+            t.name = new;
+            tensors.push(t);
+        }
+    }
+    if let Some(im) = imatrix {
+        im.rename(&pairs);
+    }
+    Some(p.block_count)
+}
+
+/// A type forced by `--output-tensor-type` or `--token-embedding-type` must fit its rows (the mix
+/// and `--tensor-type` choices always do: the shape fallback sees to it).
+pub(crate) fn check_fit(
+    tensors: &[PlannedTensor],
+    controls: &Controls,
+) -> Result<(), ConvertError> {
+    for t in tensors {
+        if t.n_bytes != u64::MAX {
+            continue;
+        }
+        let option = if t.name == "output.weight" && controls.output_tensor_type.is_some() {
+            "--output-tensor-type"
+        } else if controls.token_embedding_type.is_some() {
+            "--token-embedding-type"
+        } else {
+            "--output-tensor-type"
+        };
+        return Err(ConvertError::TypeDoesNotFit {
+            option,
+            name: t.name.clone(),
+            ggml_type: t.ggml_type.name().to_string(),
+            row: t.dims.first().copied().unwrap_or(0),
+            block: t.ggml_type.block_size(),
+        });
+    }
+    Ok(())
+}
+
+/// The metadata steps llama-quantize takes after copying the input's keys, in its order:
+/// `--override-kv` (then the importance matrix's keys, which it passes as overrides too), then the
+/// pruned `block_count`. Also checks the importance matrix against the tensors it will quantize.
+pub(crate) fn finish_metadata(
+    metadata: &mut Metadata,
+    controls: &Controls,
+    imatrix: Option<&ImportanceWeights>,
+    quantized: &[PlannedTensor],
+    pruned_blocks: Option<(String, u64)>,
+) -> Result<(), ConvertError> {
+    apply_overrides(metadata, &controls.override_kv);
+    if let Some(im) = imatrix {
+        im.check(quantized)?;
+        im.add_metadata(metadata);
+    }
+    if let Some((arch, blocks)) = pruned_blocks {
+        set_last(
+            metadata,
+            &format!("{arch}.block_count"),
+            u32::try_from(blocks).unwrap_or(u32::MAX),
+        );
+    }
+    Ok(())
 }
 
 /// llama-quantize refuses, before writing anything, a file type that needs an importance matrix
 /// (`tensor_requires_imatrix`) when none is given; the first such tensor in file order is named.
-pub(crate) fn check_imatrix_not_required(
+/// A dry run only warns, as llama-quantize `--dry-run` does.
+pub(crate) fn imatrix_requirement(
     file_type: FileType,
     tensors: &[MixTensor],
     mix: &super::mix::Mix,
+    dry_run: bool,
+    warnings: &mut Vec<String>,
 ) -> Result<(), ConvertError> {
     for (t, c) in tensors.iter().zip(&mix.choices) {
-        if allows_quantization(t) && requires_imatrix(&t.name, c.ggml_type, file_type) {
-            return Err(ConvertError::ImatrixRequired {
+        if c.allowed && requires_imatrix(&t.name, c.ggml_type, file_type) {
+            let e = ConvertError::ImatrixRequired {
                 name: t.name.clone(),
                 ggml_type: c.ggml_type.name().to_string(),
-            });
+            };
+            if dry_run {
+                warnings.push(format!(
+                    "the dry run succeeded, but the real quantization will need an importance matrix: {e}"
+                ));
+                return Ok(());
+            }
+            return Err(e);
         }
     }
     Ok(())
@@ -799,15 +968,54 @@ pub(crate) fn check_outputs(
     Ok(())
 }
 
-/// How many files a plan's tensors fill with `--split-max-size` (None without it).
-pub(crate) fn split_count(tensors: &[PlannedTensor], max: Option<u64>) -> Option<usize> {
-    let max = max?;
+/// How many files a plan's tensors fill in `layout` (None for one plain file).
+pub(crate) fn split_count(tensors: &[PlannedTensor], layout: &SplitLayout) -> Option<usize> {
     let sizes: Vec<u64> = tensors.iter().map(|t| t.n_bytes).collect();
-    Some(
-        super::split::assign_splits(&sizes, max)
-            .last()
-            .map_or(1, |s| s + 1),
-    )
+    layout.count(&sizes)
+}
+
+/// The output layout from `--split-max-size` and `--keep-split` (`part_of` gives, per planned
+/// tensor, the input part it comes from; parts are numbered in order of first use).
+pub(crate) fn output_layout(
+    split_max_size: Option<u64>,
+    keep_split: bool,
+    tensors: &[PlannedTensor],
+    part_of: impl Fn(&PlannedTensor) -> usize,
+) -> Result<SplitLayout, ConvertError> {
+    match (split_max_size, keep_split) {
+        (Some(_), true) => Err(ControlError {
+            option: "--keep-split",
+            given: String::new(),
+            what: "cannot be combined with --split-max-size".into(),
+        }
+        .into()),
+        (Some(max), false) => Ok(SplitLayout::MaxSize(max)),
+        (None, false) => Ok(SplitLayout::Single),
+        (None, true) => {
+            // Renumber the parts in use, so that a part left without tensors (a safetensors shard
+            // holding only skipped buffers, a split part emptied by --prune-layers) makes no file.
+            let mut seen: Vec<usize> = Vec::new();
+            let mut out = Vec::with_capacity(tensors.len());
+            for t in tensors {
+                let p = part_of(t);
+                let i = match seen.iter().position(|&s| s == p) {
+                    Some(i) => i,
+                    None => {
+                        seen.push(p);
+                        seen.len() - 1
+                    }
+                };
+                if out.last().is_some_and(|&l| i < l) {
+                    return Err(ConvertError::NotSupported(
+                        "--keep-split: the input parts' tensors are interleaved in write order"
+                            .into(),
+                    ));
+                }
+                out.push(i);
+            }
+            Ok(SplitLayout::Given(out))
+        }
+    }
 }
 
 /// Run `f` on a pool of `threads` workers (the global pool when `None`).
@@ -837,7 +1045,7 @@ pub(crate) fn open_output(
     out: &Path,
     metadata: &Metadata,
     tensors: &[PlannedTensor],
-    split_max_size: Option<u64>,
+    layout: &SplitLayout,
     force: bool,
 ) -> Result<SplitWriter, ConvertError> {
     let specs: Vec<TensorSpec> = tensors
@@ -850,7 +1058,7 @@ pub(crate) fn open_output(
         metadata,
         specs,
         sizes,
-        split_max_size,
+        layout,
         WriteOptions { overwrite: force },
     )
     .map_err(split_err)
@@ -901,17 +1109,136 @@ fn convert_inner(
         n_params: plan.n_params,
         n_fallback: plan.n_fallback,
     };
+    // --keep-split: one file per safetensors shard (the generated rope factors go with the first).
+    let layout = output_layout(
+        opts.split_max_size,
+        opts.controls.keep_split,
+        &plan.tensors,
+        |t| match &t.source {
+            Source::Checkpoint(n) => st.get(n).map_or(0, |s| s.shard),
+            Source::Generated(_) => 0,
+        },
+    )?;
     write_job(
         out,
         &inputs,
-        opts.split_max_size,
+        &layout,
         opts.force,
         &job,
         &st,
         progress,
         start,
-        |first| verify_facts(first, &plan),
+        |first| verify_facts_with(first, &plan, &opts.controls.override_kv),
     )
+}
+
+/// One tensor of a dry run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryTensor {
+    /// GGUF name in the output.
+    pub name: String,
+    /// ggml dimensions.
+    pub dims: Vec<u64>,
+    /// The input's type name (a ggml type for a GGUF, the safetensors dtype for a checkpoint).
+    pub from: String,
+    /// Bytes in the input.
+    pub bytes_in: u64,
+    /// Output type.
+    pub to: GgmlType,
+    /// Bytes in the output.
+    pub bytes_out: u64,
+}
+
+/// What `--dry-run` reports: every tensor's type and size, and the totals; nothing is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DryRun {
+    /// File type.
+    pub file_type: FileType,
+    /// Per tensor, in write order.
+    pub tensors: Vec<DryTensor>,
+    /// Parameters.
+    pub n_params: u64,
+    /// Tensors that fell back (llama-quantize's count).
+    pub n_fallback: usize,
+    /// The files the real run would write.
+    pub outputs: Vec<PathBuf>,
+    /// Warnings (an importance matrix the real run will need).
+    pub warnings: Vec<String>,
+}
+
+impl DryRun {
+    /// Tensor bytes of the input.
+    pub fn total_in(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes_in).sum()
+    }
+    /// Tensor bytes of the output (without the header and padding, as llama-quantize counts).
+    pub fn total_out(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes_out).sum()
+    }
+    /// Output bits per weight.
+    pub fn bits_per_weight(&self) -> f64 {
+        if self.n_params == 0 {
+            0.0
+        } else {
+            self.total_out() as f64 * 8.0 / self.n_params as f64
+        }
+    }
+}
+
+/// `convert --dry-run`: plan the conversion of `src` and report every tensor's type and size
+/// without writing anything (`out` only names the files the real run would write).
+pub fn convert_dry_run(
+    src: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<DryRun, ConvertError> {
+    let src_dir = if src.is_dir() {
+        src.to_path_buf()
+    } else {
+        src.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    let st = SafetensorsModel::open(src)?;
+    let plan = plan_inner(&src_dir, &st, opts, true)?;
+    let layout = output_layout(
+        opts.split_max_size,
+        opts.controls.keep_split,
+        &plan.tensors,
+        |t| match &t.source {
+            Source::Checkpoint(n) => st.get(n).map_or(0, |s| s.shard),
+            Source::Generated(_) => 0,
+        },
+    )?;
+    let tensors = plan
+        .tensors
+        .iter()
+        .map(|t| {
+            let (from, bytes_in) = match &t.source {
+                Source::Checkpoint(n) => st
+                    .get(n)
+                    .map(|s| (s.dtype.to_string(), st.data(s).len() as u64))
+                    .unwrap_or_default(),
+                Source::Generated(v) => ("F32 (generated)".into(), v.len() as u64 * 4),
+            };
+            DryTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                from,
+                bytes_in,
+                to: t.ggml_type,
+                bytes_out: t.n_bytes,
+            }
+        })
+        .collect();
+    Ok(DryRun {
+        file_type: plan.file_type,
+        tensors,
+        n_params: plan.n_params,
+        n_fallback: plan.n_fallback,
+        outputs: output_paths(out, split_count(&plan.tensors, &layout)),
+        warnings: plan.warnings,
+    })
 }
 
 /// What a planned conversion or requantization writes: shared by [`convert`] and
@@ -933,7 +1260,7 @@ pub(crate) struct Job<'a> {
 pub(crate) fn write_job(
     out: &Path,
     inputs: &[PathBuf],
-    split_max_size: Option<u64>,
+    layout: &SplitLayout,
     force: bool,
     job: &Job<'_>,
     source: &dyn TensorSource,
@@ -941,9 +1268,9 @@ pub(crate) fn write_job(
     start: Instant,
     verify: impl FnOnce(&Path) -> Result<Vec<Fact>, ConvertError>,
 ) -> Result<ConvertReport, ConvertError> {
-    let outputs = output_paths(out, split_count(job.tensors, split_max_size));
+    let outputs = output_paths(out, split_count(job.tensors, layout));
     check_outputs(&outputs, inputs, force)?;
-    let mut writer = open_output(out, job.metadata, job.tensors, split_max_size, force)?;
+    let mut writer = open_output(out, job.metadata, job.tensors, layout, force)?;
     let stats = stream_tensors(job.tensors, source, &mut writer, job.imatrix, progress)?;
     let outputs = writer.paths().to_vec();
     let file_size = writer.finish().map_err(split_err)?;
@@ -997,14 +1324,59 @@ fn show(v: Option<&Value>) -> String {
 /// Read the written file back and set what carries long-context ability beside config.json.
 /// A disagreement is an error: the file would silently lose its long-context behaviour.
 pub fn verify_facts(out: &Path, plan: &Plan) -> Result<Vec<Fact>, ConvertError> {
-    let facts = facts_against(out, &plan.src_dir, &plan.config, &plan.vocab)?;
-    if let Some(bad) = facts.iter().find(|f| f.checked() && f.gguf != f.source) {
-        return Err(ConvertError::Verify(format!(
-            "{}: file has {}, config has {}",
-            bad.what, bad.gguf, bad.source
-        )));
+    verify_facts_with(out, plan, &[])
+}
+
+/// [`verify_facts`] where `--override-kv` set some of the facts' keys: those must carry the
+/// override (shown as the expected value, marked as such).
+pub fn verify_facts_with(
+    out: &Path,
+    plan: &Plan,
+    overrides: &[KvOverride],
+) -> Result<Vec<Fact>, ConvertError> {
+    let mut facts = facts_against(out, &plan.src_dir, &plan.config, &plan.vocab)?;
+    for f in &mut facts {
+        let overridden =
+            fact_key("llama", f.what).and_then(|key| overrides.iter().rev().find(|o| o.key == key));
+        let expected = match overridden {
+            Some(o) => show(Some(&o.value)),
+            None => f.source.clone(),
+        };
+        if f.checked() && f.gguf != expected {
+            return Err(ConvertError::Verify(format!(
+                "{}: file has {}, {} has {}",
+                f.what,
+                f.gguf,
+                if overridden.is_some() {
+                    "--override-kv"
+                } else {
+                    "config"
+                },
+                expected
+            )));
+        }
+        if overridden.is_some() {
+            f.source = format!("{expected} (--override-kv; config: {})", f.source);
+        }
     }
     Ok(facts)
+}
+
+/// The GGUF key of a long-context fact (None for the composite "rope scaling" and the
+/// informational generation_config line).
+pub(crate) fn fact_key(arch: &str, what: &str) -> Option<String> {
+    Some(match what {
+        "context length" => format!("{arch}.context_length"),
+        "rope theta" => format!("{arch}.rope.freq_base"),
+        "attention heads" => format!("{arch}.attention.head_count"),
+        "KV heads" => format!("{arch}.attention.head_count_kv"),
+        "rope dimensions" => format!("{arch}.rope.dimension_count"),
+        "pre-tokenizer" => "tokenizer.ggml.pre".into(),
+        "bos id" => "tokenizer.ggml.bos_token_id".into(),
+        "eos id" => "tokenizer.ggml.eos_token_id".into(),
+        "add bos" => "tokenizer.ggml.add_bos_token".into(),
+        _ => return None,
+    })
 }
 
 /// `longquant inspect --check-against HF_DIR`: the long-context facts of a GGUF (or the first file

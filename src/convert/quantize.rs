@@ -12,21 +12,23 @@
 //! Tensors are written in the input's file order (so an over-RAM input is read sequentially), not
 //! llama-quantize's sorted order; readers look tensors up by name, and the types do not depend on it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use longquant_formats::gguf::{Metadata, Value};
+use longquant_formats::gguf::{GgufFile, Metadata, Value};
+use longquant_formats::GgmlType;
 
+use super::controls::{apply_overrides, set_last, Controls};
 use super::importance::ImportanceWeights;
-use super::mix::{allows_quantization, plan_mix_with, FileType, MixOptions, MixTensor, ModelShape};
+use super::mix::{plan_mix_with, FileType, MixOptions, MixTensor, ModelShape};
 use super::pipeline::{
-    check_outputs, with_threads, write_job, ConvertError, ConvertReport, Fact, Job, PlannedTensor,
-    Progress, Source,
+    check_fit, check_outputs, finish_metadata, imatrix_requirement, load_imatrix, output_layout,
+    output_paths, prune_planned, split_count, tensor_bytes, with_threads, write_job, ConvertError,
+    ConvertReport, DryRun, DryTensor, Fact, Job, PlannedTensor, Progress, Source,
 };
-use super::split::{
-    open_split_model, SplitModel, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT,
-};
-use super::stream::{block_format, split_err};
+use super::split::{SplitLayout, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
+use super::stream::block_format;
 
 /// What to quantize to and how.
 #[derive(Debug, Clone)]
@@ -46,6 +48,8 @@ pub struct QuantizeOptions {
     pub imatrix: Option<PathBuf>,
     /// Write llama.cpp's split layout with files of at most this many tensor bytes.
     pub split_max_size: Option<u64>,
+    /// llama-quantize's per-tensor and metadata controls.
+    pub controls: Controls,
 }
 
 impl QuantizeOptions {
@@ -59,6 +63,7 @@ impl QuantizeOptions {
             threads: None,
             imatrix: None,
             split_max_size: None,
+            controls: Controls::default(),
         }
     }
 }
@@ -68,14 +73,22 @@ impl QuantizeOptions {
 pub struct QuantizePlan {
     /// Output tensors in write order.
     pub tensors: Vec<PlannedTensor>,
+    /// Each output tensor's type in the input.
+    pub input_types: Vec<GgmlType>,
     /// Output metadata.
     pub metadata: Metadata,
+    /// The input's metadata as the output must carry it: with `--override-kv` applied (what the
+    /// written file's long-context facts are checked against; llama.cpp's loader also reads the
+    /// model's shape through the overrides).
+    pub expected: Metadata,
     /// Fallbacks (llama-quantize's count).
     pub n_fallback: usize,
     /// Parameters.
     pub n_params: u64,
-    /// The importance matrix, when one was given.
+    /// The importance matrix, when one was given (and filtering left entries in it).
     pub imatrix: Option<ImportanceWeights>,
+    /// Findings of a dry run that the real run would refuse.
+    pub warnings: Vec<String>,
 }
 
 fn md_u64(md: &Metadata, key: &str) -> Result<u64, ConvertError> {
@@ -86,31 +99,54 @@ fn md_u64(md: &Metadata, key: &str) -> Result<u64, ConvertError> {
 
 /// Plan a requantization of `model`: every tensor's type, and the metadata.
 pub fn plan_quantize(
-    model: &SplitModel,
+    model: &GgufFile,
     opts: &QuantizeOptions,
 ) -> Result<QuantizePlan, ConvertError> {
-    let imatrix = opts
-        .imatrix
-        .as_deref()
-        .map(ImportanceWeights::load)
-        .transpose()?;
+    plan_quantize_inner(model, opts, false)
+}
+
+fn plan_quantize_inner(
+    model: &GgufFile,
+    opts: &QuantizeOptions,
+    dry_run: bool,
+) -> Result<QuantizePlan, ConvertError> {
+    let controls = &opts.controls;
+    controls.check()?;
+    let mut imatrix = load_imatrix(opts.imatrix.as_deref(), controls)?;
     let md = model.metadata();
-    let arch = md
+    let mut expected = md.clone();
+    apply_overrides(&mut expected, &controls.override_kv);
+    let arch = expected
         .get("general.architecture")
         .and_then(Value::as_str)
         .ok_or_else(|| ConvertError::BadInput("the input GGUF has no general.architecture".into()))?
         .to_string();
-    let n_head = md_u64(md, &format!("{arch}.attention.head_count"))?;
+    let n_head = md_u64(&expected, &format!("{arch}.attention.head_count"))?;
     let shape = ModelShape {
-        n_layer: md_u64(md, &format!("{arch}.block_count"))?,
+        n_layer: md_u64(&expected, &format!("{arch}.block_count"))?,
         n_head,
-        n_head_kv: md
+        n_head_kv: expected
             .get(&format!("{arch}.attention.head_count_kv"))
             .and_then(Value::as_u64)
             .unwrap_or(n_head),
     };
-    let infos: Vec<_> = model.tensors().map(|(_, t)| t).collect();
-    let mix_in: Vec<MixTensor> = infos
+    let mut tensors: Vec<PlannedTensor> = model
+        .tensors()
+        .iter()
+        .map(|info| PlannedTensor {
+            name: info.name.clone(),
+            source: Source::Checkpoint(info.name.clone()),
+            role: None,
+            dims: info.dims.clone(),
+            ggml_type: info.ggml_type,
+            fallback_from: None,
+            permute_heads: None,
+            n_bytes: info.n_bytes,
+        })
+        .collect();
+    let pruned = prune_planned(&mut tensors, &controls.prune_layers, &mut imatrix);
+    let input_types: Vec<GgmlType> = tensors.iter().map(|t| t.ggml_type).collect();
+    let mix_in: Vec<MixTensor> = tensors
         .iter()
         .map(|t| MixTensor {
             name: t.name.clone(),
@@ -121,80 +157,114 @@ pub fn plan_quantize(
         opts.file_type,
         &mix_in,
         shape,
-        MixOptions {
-            has_imatrix: imatrix.is_some(),
-            pure: opts.pure,
-        },
+        &MixOptions::from_controls(controls, imatrix.is_some(), opts.pure),
     );
+    let mut warnings = Vec::new();
     if imatrix.is_none() {
-        super::pipeline::check_imatrix_not_required(opts.file_type, &mix_in, &mix)?;
+        imatrix_requirement(opts.file_type, &mix_in, &mix, dry_run, &mut warnings)?;
     }
-    let mut tensors = Vec::with_capacity(infos.len());
     let mut n_params = 0u64;
-    for ((info, mt), choice) in infos.iter().zip(&mix_in).zip(&mix.choices) {
-        let from = info.ggml_type;
-        let (to, fallback_from) = if allows_quantization(mt) {
+    for ((t, &from), choice) in tensors.iter_mut().zip(&input_types).zip(&mix.choices) {
+        let (to, fallback_from) = if choice.allowed {
             (choice.ggml_type, choice.fallback_from)
         } else {
             (from, None)
         };
         if to != from {
-            if from.is_quantized() && !opts.allow_requantize {
-                return Err(ConvertError::RequantizeRefused {
-                    name: info.name.clone(),
+            let refusal = if from.is_quantized() && !opts.allow_requantize {
+                Some(ConvertError::RequantizeRefused {
+                    name: t.name.clone(),
                     from: from.name().to_string(),
                     to: to.name().to_string(),
-                });
-            }
-            if block_format(from).is_none() {
-                return Err(ConvertError::NotSupported(format!(
+                })
+            } else if block_format(from).is_none() {
+                Some(ConvertError::NotSupported(format!(
                     "tensor {} is {}, which longquant cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)",
-                    info.name,
+                    t.name,
                     from.name()
-                )));
+                )))
+            } else {
+                None
+            };
+            match refusal {
+                // llama-quantize --dry-run computes sizes without these checks.
+                Some(e) if dry_run => warnings.push(format!("the real run would stop: {e}")),
+                Some(e) => return Err(e),
+                None => {}
             }
         }
-        let rows: u64 = info.dims.iter().skip(1).product();
-        n_params += info.n_elements();
-        tensors.push(PlannedTensor {
-            name: info.name.clone(),
-            source: Source::Checkpoint(info.name.clone()),
-            role: None,
-            dims: info.dims.clone(),
-            ggml_type: to,
-            fallback_from,
-            permute_heads: None,
-            n_bytes: to
-                .row_size(info.dims.first().copied().unwrap_or(0))
-                .and_then(|r| r.checked_mul(rows))
-                .unwrap_or(u64::MAX),
-        });
+        n_params += t.dims.iter().product::<u64>();
+        t.ggml_type = to;
+        t.fallback_from = fallback_from;
+        t.n_bytes = tensor_bytes(to, &t.dims);
     }
+    check_fit(&tensors, controls)?;
+    // llama_model_quantize_impl's order: copy the keys, set the quantization version and file
+    // type, remove the split keys, apply the overrides (each moved last, as gguf_set_val_* does),
+    // set the pruned block count. One difference, kept on purpose: llama-quantize moves
+    // general.quantization_version and general.file_type last too; we keep them where the input
+    // has them, so that files made before stay byte-identical (the llama.cpp oracles in
+    // tests/data/llamacpp record the sha256 of files this command made).
     let mut metadata = md.clone();
+    metadata.insert("general.quantization_version", 2u32);
+    metadata.insert("general.file_type", opts.file_type.llama_ftype());
     for k in [KEY_SPLIT_NO, KEY_SPLIT_COUNT, KEY_SPLIT_TENSORS_COUNT] {
         metadata.remove(k);
     }
-    metadata.insert("general.quantization_version", 2u32);
-    metadata.insert("general.file_type", opts.file_type.llama_ftype());
-    if let Some(im) = &imatrix {
-        // Only tensors that change type are quantized (the others are copied, as in
-        // llama-quantize, whose size check is on the quantizing path too).
-        im.check(
-            tensors
-                .iter()
-                .zip(&infos)
-                .filter(|(t, i)| t.ggml_type != i.ggml_type || !t.ggml_type.is_quantized())
-                .map(|(t, _)| t),
-        )?;
-        im.add_metadata(&mut metadata);
+    // Only tensors that change type are quantized (the others are copied, as in llama-quantize,
+    // whose imatrix size check is on the quantizing path too).
+    let quantized: Vec<PlannedTensor> = tensors
+        .iter()
+        .zip(&input_types)
+        .filter(|(t, &from)| t.ggml_type != from || !t.ggml_type.is_quantized())
+        .map(|(t, _)| t.clone())
+        .collect();
+    finish_metadata(
+        &mut metadata,
+        controls,
+        imatrix.as_ref(),
+        &quantized,
+        pruned.map(|b| (arch.clone(), b)),
+    )?;
+    if let Some(b) = pruned {
+        set_last(
+            &mut expected,
+            &format!("{arch}.block_count"),
+            u32::try_from(b).unwrap_or(u32::MAX),
+        );
     }
     Ok(QuantizePlan {
         tensors,
+        input_types,
         metadata,
+        expected,
         n_fallback: mix.n_fallback,
         n_params,
         imatrix,
+        warnings,
     })
+}
+
+/// The output layout for `opts` (`--keep-split` follows the input's files).
+fn layout_for(
+    model: &GgufFile,
+    plan: &QuantizePlan,
+    opts: &QuantizeOptions,
+) -> Result<SplitLayout, ConvertError> {
+    let part: HashMap<&str, usize> = model
+        .tensors()
+        .iter()
+        .map(|t| (t.name.as_str(), model.tensor_location(t).map_or(0, |l| l.0)))
+        .collect();
+    output_layout(
+        opts.split_max_size,
+        opts.controls.keep_split,
+        &plan.tensors,
+        |t| match &t.source {
+            Source::Checkpoint(n) => part.get(n.as_str()).copied().unwrap_or(0),
+            Source::Generated(_) => 0,
+        },
+    )
 }
 
 /// Requantize `input` (a GGUF, or the first file of a split set) into `out`.
@@ -207,6 +277,47 @@ pub fn quantize(
     with_threads(opts.threads, || quantize_inner(input, out, opts, progress))
 }
 
+/// `quantize --dry-run`: every tensor's type and size, and the totals, without writing anything
+/// (`out`, when given, only names the files the real run would write).
+pub fn quantize_dry_run(
+    input: &Path,
+    out: Option<&Path>,
+    opts: &QuantizeOptions,
+) -> Result<DryRun, ConvertError> {
+    let model = GgufFile::open(input)?;
+    let plan = plan_quantize_inner(&model, opts, true)?;
+    let layout = layout_for(&model, &plan, opts)?;
+    let tensors = plan
+        .tensors
+        .iter()
+        .zip(&plan.input_types)
+        .map(|(t, from)| {
+            let bytes_in = match &t.source {
+                Source::Checkpoint(n) => model.tensor(n).map_or(0, |i| i.n_bytes),
+                Source::Generated(_) => 0,
+            };
+            DryTensor {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                from: from.name().to_string(),
+                bytes_in,
+                to: t.ggml_type,
+                bytes_out: t.n_bytes,
+            }
+        })
+        .collect();
+    Ok(DryRun {
+        file_type: opts.file_type,
+        tensors,
+        n_params: plan.n_params,
+        n_fallback: plan.n_fallback,
+        outputs: out
+            .map(|o| output_paths(o, split_count(&plan.tensors, &layout)))
+            .unwrap_or_default(),
+        warnings: plan.warnings,
+    })
+}
+
 fn quantize_inner(
     input: &Path,
     out: &Path,
@@ -216,10 +327,11 @@ fn quantize_inner(
     let start = Instant::now();
     // Refuse input == output before opening anything large.
     check_outputs(&[out.to_path_buf()], &[input.to_path_buf()], opts.force)?;
-    let model = open_split_model(input).map_err(split_err)?;
+    let model = GgufFile::open(input)?;
     let inputs = model.paths();
     check_outputs(&[out.to_path_buf()], &inputs, opts.force)?;
     let plan = plan_quantize(&model, opts)?;
+    let layout = layout_for(&model, &plan, opts)?;
     let job = Job {
         tensors: &plan.tensors,
         metadata: &plan.metadata,
@@ -231,20 +343,20 @@ fn quantize_inner(
     write_job(
         out,
         &inputs,
-        opts.split_max_size,
+        &layout,
         opts.force,
         &job,
         &model,
         progress,
         start,
-        |first| carried_facts(first, model.metadata()),
+        |first| carried_facts(first, &plan.expected),
     )
 }
 
 /// Read the written file back and set its long-context keys beside the input's; any difference
 /// is an error (the metadata is copied, so it would be a bug).
 fn carried_facts(out: &Path, input: &Metadata) -> Result<Vec<Fact>, ConvertError> {
-    let f = longquant_formats::gguf::GgufFile::open(out)?;
+    let f = GgufFile::open(out)?;
     let md = f.metadata();
     let arch = input
         .get("general.architecture")

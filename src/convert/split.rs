@@ -9,20 +9,16 @@
 //! - the loader is given the first file and derives the others' names from its suffix.
 //!
 //! [`SplitWriter`] writes one or several files through [`GgufWriter`]s opened together, so that no
-//! file is renamed into place before every file is complete; [`open_split_model`] opens a model
-//! given any of its files and checks the set is whole.
+//! file is renamed into place before every file is complete. Reading a set is the GGUF reader's
+//! job: [`GgufFile::open`](longquant_formats::gguf::GgufFile::open) given the first file opens and
+//! checks the whole set, and every command reads it as the merged model.
 
 use std::path::{Path, PathBuf};
 
 use longquant_formats::gguf::WriteOptions;
-use longquant_formats::gguf::{GgufFile, GgufWriter, Metadata, TensorInfo, TensorSpec, Value};
+use longquant_formats::gguf::{GgufWriter, Metadata, TensorSpec, Value};
 
-/// `split.no`: index of this file, u16, 0-based.
-pub const KEY_SPLIT_NO: &str = "split.no";
-/// `split.count`: number of files, u16.
-pub const KEY_SPLIT_COUNT: &str = "split.count";
-/// `split.tensors.count`: tensors in the whole model, i32.
-pub const KEY_SPLIT_TENSORS_COUNT: &str = "split.tensors.count";
+pub use longquant_formats::gguf::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
 
 /// Tensor data alignment gguf-split assumes when it sums sizes (`GGUF_DEFAULT_ALIGNMENT`).
 const SPLIT_ALIGN: u64 = 32;
@@ -33,24 +29,6 @@ pub enum SplitError {
     /// Reading one of the files failed.
     #[error(transparent)]
     Format(#[from] longquant_formats::Error),
-    /// The name does not follow `PREFIX-NNNNN-of-MMMMM.gguf` for the indices the file declares.
-    #[error("{path}: split file {no} of {count} must be named PREFIX-{:05}-of-{count:05}.gguf", no + 1)]
-    BadName {
-        /// The file.
-        path: PathBuf,
-        /// Its `split.no`.
-        no: u64,
-        /// Its `split.count`.
-        count: u64,
-    },
-    /// A file's split keys disagree with the first file's or its position.
-    #[error("{path}: {what}")]
-    Inconsistent {
-        /// The file.
-        path: PathBuf,
-        /// What disagrees.
-        what: String,
-    },
     /// More files than a u16 count can name.
     #[error("the model needs {0} split files; at most 65535 are possible")]
     TooMany(usize),
@@ -99,6 +77,32 @@ pub fn split_metadata(model: &Metadata, no: usize, count: usize, n_tensors: usiz
     m
 }
 
+/// How the output is cut into files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitLayout {
+    /// One file, named as given.
+    Single,
+    /// `--split-max-size`: gguf-split's rule with at most this many tensor bytes per file.
+    MaxSize(u64),
+    /// `--keep-split`: the file index of every tensor (in write order, non-decreasing, every
+    /// index below the largest used). Split names even for one file, as llama-quantize names it;
+    /// split keys only for several.
+    Given(Vec<usize>),
+}
+
+impl SplitLayout {
+    /// How many files the layout makes of tensors of these sizes.
+    pub fn count(&self, sizes: &[u64]) -> Option<usize> {
+        match self {
+            SplitLayout::Single => None,
+            SplitLayout::MaxSize(max) => {
+                Some(assign_splits(sizes, *max).last().map_or(1, |s| s + 1))
+            }
+            SplitLayout::Given(v) => Some(v.iter().max().map_or(1, |s| s + 1)),
+        }
+    }
+}
+
 /// Writes a model to one file, or to a split set, streaming tensor data in plan order.
 #[derive(Debug)]
 pub struct SplitWriter {
@@ -114,7 +118,7 @@ pub struct SplitWriter {
 }
 
 impl SplitWriter {
-    /// Plan and open the output: one file at `out` when `max_size` is `None`, else llama.cpp's
+    /// Plan and open the output: one file at `out` for [`SplitLayout::Single`], else llama.cpp's
     /// split layout beside it (always with split names, even when one file suffices, so that
     /// scripts can rely on the names). Temporary files are created for every part now.
     pub fn create(
@@ -122,23 +126,27 @@ impl SplitWriter {
         metadata: &Metadata,
         specs: Vec<TensorSpec>,
         sizes: Vec<u64>,
-        max_size: Option<u64>,
+        layout: &SplitLayout,
         opts: WriteOptions,
     ) -> Result<SplitWriter, SplitError> {
-        let Some(max) = max_size else {
-            let n = specs.len();
-            let w = GgufWriter::create(out, metadata, specs, opts)?;
-            return Ok(SplitWriter {
-                writers: vec![w],
-                paths: vec![out.to_path_buf()],
-                split_of: vec![0; n],
-                current: 0,
-                remaining: sizes.first().copied().unwrap_or(0),
-                sizes,
-            });
+        let (split_of, keys) = match layout {
+            SplitLayout::Single => {
+                let n = specs.len();
+                let w = GgufWriter::create(out, metadata, specs, opts)?;
+                return Ok(SplitWriter {
+                    writers: vec![w],
+                    paths: vec![out.to_path_buf()],
+                    split_of: vec![0; n],
+                    current: 0,
+                    remaining: sizes.first().copied().unwrap_or(0),
+                    sizes,
+                });
+            }
+            SplitLayout::MaxSize(max) => (assign_splits(&sizes, *max), true),
+            // llama-quantize --keep-split writes split keys only when there are several files.
+            SplitLayout::Given(v) => (v.clone(), v.iter().any(|&s| s > 0)),
         };
-        let split_of = assign_splits(&sizes, max);
-        let count = split_of.last().map_or(1, |s| s + 1);
+        let count = split_of.iter().max().map_or(1, |s| s + 1);
         if count > usize::from(u16::MAX) {
             return Err(SplitError::TooMany(count));
         }
@@ -152,7 +160,11 @@ impl SplitWriter {
         let n_tensors = split_of.len();
         let mut writers = Vec::with_capacity(count);
         for (i, (specs, path)) in per_split.into_iter().zip(&paths).enumerate() {
-            let md = split_metadata(metadata, i, count, n_tensors);
+            let md = if keys {
+                split_metadata(metadata, i, count, n_tensors)
+            } else {
+                metadata.clone()
+            };
             writers.push(GgufWriter::create(path, &md, specs, opts)?);
         }
         Ok(SplitWriter {
@@ -210,130 +222,6 @@ impl SplitWriter {
         }
         Ok(total)
     }
-}
-
-/// A model in one GGUF file or a split set, opened from any one of its files.
-#[derive(Debug)]
-pub struct SplitModel {
-    files: Vec<GgufFile>,
-}
-
-impl SplitModel {
-    /// The files, in split order (one for an unsplit model).
-    pub fn files(&self) -> &[GgufFile] {
-        &self.files
-    }
-
-    /// The model's metadata (the first file's), split keys included.
-    pub fn metadata(&self) -> &Metadata {
-        // `open_split_model` never builds an empty set.
-        self.files
-            .first()
-            .map(GgufFile::metadata)
-            .unwrap_or(&EMPTY_METADATA)
-    }
-
-    /// Every tensor with the index of the file that holds it, in file order.
-    pub fn tensors(&self) -> impl Iterator<Item = (usize, &TensorInfo)> {
-        self.files
-            .iter()
-            .enumerate()
-            .flat_map(|(i, f)| f.tensors().iter().map(move |t| (i, t)))
-    }
-
-    /// A tensor by name, with its bytes.
-    pub fn tensor(&self, name: &str) -> Option<(&TensorInfo, &[u8])> {
-        self.files
-            .iter()
-            .find_map(|f| f.tensor(name).map(|t| (t, f.tensor_data(t))))
-    }
-
-    /// The paths of all files.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        self.files.iter().map(|f| f.path().to_path_buf()).collect()
-    }
-}
-
-static EMPTY_METADATA: std::sync::LazyLock<Metadata> = std::sync::LazyLock::new(Metadata::new);
-
-/// Open a model from one file. A file with `split.count` > 1 must be the first of its set (as
-/// llama.cpp requires); the others are found by name and checked (`split.no` in order, same count,
-/// same total tensor count, tensor names unique across files, total as declared).
-pub fn open_split_model(path: &Path) -> Result<SplitModel, SplitError> {
-    let first = GgufFile::open(path)?;
-    let md = first.metadata();
-    let count = md.get(KEY_SPLIT_COUNT).and_then(Value::as_u64).unwrap_or(1);
-    if count <= 1 {
-        return Ok(SplitModel { files: vec![first] });
-    }
-    let no = md.get(KEY_SPLIT_NO).and_then(Value::as_u64).unwrap_or(0);
-    let inconsistent = |p: &Path, what: String| SplitError::Inconsistent {
-        path: p.to_path_buf(),
-        what,
-    };
-    if no != 0 {
-        return Err(inconsistent(
-            path,
-            format!("this is split {} of {count}; give the first file", no + 1),
-        ));
-    }
-    let declared = md
-        .get(KEY_SPLIT_TENSORS_COUNT)
-        .and_then(Value::as_i64)
-        .ok_or_else(|| inconsistent(path, format!("{KEY_SPLIT_TENSORS_COUNT} is missing")))?;
-    let s = path.to_string_lossy();
-    let suffix = format!("-00001-of-{count:05}.gguf");
-    let prefix = s
-        .strip_suffix(&suffix)
-        .ok_or_else(|| SplitError::BadName {
-            path: path.to_path_buf(),
-            no,
-            count,
-        })?
-        .to_string();
-    let mut files = vec![first];
-    for i in 1..count {
-        let p = PathBuf::from(format!("{prefix}-{:05}-of-{count:05}.gguf", i + 1));
-        let f = GgufFile::open(&p)?;
-        let m = f.metadata();
-        let (fno, fcount, ftensors) = (
-            m.get(KEY_SPLIT_NO).and_then(Value::as_u64),
-            m.get(KEY_SPLIT_COUNT).and_then(Value::as_u64),
-            m.get(KEY_SPLIT_TENSORS_COUNT).and_then(Value::as_i64),
-        );
-        if fno != Some(i) || fcount != Some(count) || ftensors != Some(declared) {
-            return Err(inconsistent(
-                &p,
-                format!(
-                    "split keys (no {fno:?}, count {fcount:?}, tensors {ftensors:?}) do not continue the set (expected no {i}, count {count}, tensors {declared})"
-                ),
-            ));
-        }
-        files.push(f);
-    }
-    let mut names = std::collections::HashSet::new();
-    let mut total = 0i64;
-    for f in &files {
-        for t in f.tensors() {
-            total += 1;
-            if !names.insert(t.name.as_str()) {
-                return Err(inconsistent(
-                    f.path(),
-                    format!(
-                        "tensor {} appears in two split files",
-                        t.name.escape_debug()
-                    ),
-                ));
-            }
-        }
-    }
-    if total != declared {
-        return Err(inconsistent(
-            path,
-            format!("the files hold {total} tensors; {KEY_SPLIT_TENSORS_COUNT} says {declared}"),
-        ));
-    }
-    Ok(SplitModel { files })
 }
 
 #[cfg(test)]

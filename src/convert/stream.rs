@@ -93,12 +93,12 @@ impl TensorSource for longquant_formats::safetensors::SafetensorsModel {
     }
 }
 
-impl TensorSource for super::split::SplitModel {
+impl TensorSource for longquant_formats::gguf::GgufFile {
     fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
-        let (info, bytes) = self.tensor(name)?;
+        let info = self.tensor(name)?;
         Some(RawTensor {
             encoding: Encoding::Ggml(info.ggml_type),
-            bytes,
+            bytes: self.tensor_data(info),
         })
     }
     fn input_paths(&self) -> Vec<PathBuf> {

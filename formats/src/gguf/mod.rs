@@ -11,7 +11,7 @@ mod writer;
 
 use std::collections::HashMap;
 
-pub use reader::{GgufFile, ParsedHeader};
+pub use reader::{GgufFile, ParsedHeader, KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
 pub use writer::{write_gguf, GgufWriter, TensorSpec, WriteOptions};
 
 use crate::GgmlType;

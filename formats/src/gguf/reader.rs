@@ -15,7 +15,7 @@
 //! - string values must be UTF-8 (ggml does not check values, only uses them as bytes).
 //! - bytes after the last tensor are allowed (writers pad the last tensor).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::{
@@ -70,82 +70,260 @@ impl ParsedHeader {
     }
 }
 
-/// An open, fully validated GGUF file whose tensor data is borrowed from a memory map.
+/// The metadata key of a split file's index (u16, 0-based), as llama.cpp's gguf-split writes it.
+pub const KEY_SPLIT_NO: &str = "split.no";
+/// The metadata key of the number of files of a split set (u16).
+pub const KEY_SPLIT_COUNT: &str = "split.count";
+/// The metadata key of the tensors in the whole split set (i32).
+pub const KEY_SPLIT_TENSORS_COUNT: &str = "split.tensors.count";
+
+/// One file of a [`GgufFile`].
 #[derive(Debug)]
-pub struct GgufFile {
+struct Part {
     path: PathBuf,
     map: MappedFile,
     header: ParsedHeader,
 }
 
-impl GgufFile {
-    /// Opens and validates `path` with default [`Limits`].
-    pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, Error> {
-        GgufFile::open_with_limits(path, &Limits::default())
-    }
-
-    /// Opens and validates `path` with the given limits.
-    pub fn open_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<GgufFile, Error> {
-        let path = path.as_ref();
+impl Part {
+    fn open(path: &Path, limits: &Limits) -> Result<Part, Error> {
         let map = MappedFile::open(path)
             .map_err(|source| Error::new(path, ErrorKind::Io { op: "open", source }))?;
         let header = ParsedHeader::parse(map.bytes(), path, limits)?;
-        Ok(GgufFile {
+        Ok(Part {
             path: path.to_path_buf(),
             map,
             header,
         })
     }
+}
 
-    /// The parsed header.
+/// An open, fully validated GGUF model whose tensor data is borrowed from memory maps: one file,
+/// or a split set as llama.cpp's gguf-split writes it (`PREFIX-00001-of-0000N.gguf`, ...), opened
+/// from its first file and seen as the one merged model llama.cpp loads from it: the first file's
+/// metadata, every file's tensors.
+#[derive(Debug)]
+pub struct GgufFile {
+    /// At least one; the first is the file opened.
+    parts: Vec<Part>,
+    /// Every part's tensor infos, in part order then file order (offsets relative to their own
+    /// part's data section).
+    tensors: Vec<TensorInfo>,
+    /// The part holding each tensor.
+    part_of: Vec<usize>,
+    by_name: HashMap<String, usize>,
+}
+
+impl GgufFile {
+    /// Opens and validates `path` with default [`Limits`]. A file that is the first of a split set
+    /// (`split.count` > 1) opens the whole set; see [`GgufFile::open_with_limits`].
+    pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, Error> {
+        GgufFile::open_with_limits(path, &Limits::default())
+    }
+
+    /// Opens and validates `path` with the given limits. When its `split.count` is above 1 it
+    /// must be the first file of its set (`split.no` 0, named `PREFIX-00001-of-0000N.gguf`, as
+    /// llama.cpp requires), and every other part is opened by name and checked: present, no part
+    /// beyond the count, `split.no` / `split.count` / `split.tensors.count` continuing the set,
+    /// tensor names unique across the parts, and the total as declared. Any failure names the
+    /// file at fault.
+    pub fn open_with_limits(path: impl AsRef<Path>, limits: &Limits) -> Result<GgufFile, Error> {
+        let path = path.as_ref();
+        let first = Part::open(path, limits)?;
+        let md = &first.header.metadata;
+        let count = md.get(KEY_SPLIT_COUNT).and_then(Value::as_u64).unwrap_or(1);
+        if count <= 1 {
+            return GgufFile::from_parts(vec![first]);
+        }
+        let no = md.get(KEY_SPLIT_NO).and_then(Value::as_u64).unwrap_or(0);
+        if no != 0 {
+            return Err(Error::new(path, ErrorKind::SplitNotFirst { no, count }));
+        }
+        let declared = md
+            .get(KEY_SPLIT_TENSORS_COUNT)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| {
+                Error::new(
+                    path,
+                    ErrorKind::SplitKeyMissing {
+                        key: KEY_SPLIT_TENSORS_COUNT,
+                    },
+                )
+            })?;
+        let s = path.to_string_lossy();
+        let prefix = s
+            .strip_suffix(&format!("-00001-of-{count:05}.gguf"))
+            .ok_or_else(|| Error::new(path, ErrorKind::SplitBadName { no, count }))?
+            .to_string();
+        let part_path = |i: u64| PathBuf::from(format!("{prefix}-{:05}-of-{count:05}.gguf", i + 1));
+        let mut parts = vec![first];
+        for i in 1..count {
+            let p = part_path(i);
+            if !p.exists() {
+                return Err(Error::new(p, ErrorKind::SplitPartMissing { no: i, count }));
+            }
+            let part = Part::open(&p, limits)?;
+            let m = &part.header.metadata;
+            let found = (
+                m.get(KEY_SPLIT_NO).and_then(Value::as_u64),
+                m.get(KEY_SPLIT_COUNT).and_then(Value::as_u64),
+                m.get(KEY_SPLIT_TENSORS_COUNT).and_then(Value::as_i64),
+            );
+            if found != (Some(i), Some(count), Some(declared)) {
+                let small = |v: Option<u64>| v.and_then(|x| u32::try_from(x).ok());
+                return Err(Error::new(
+                    p,
+                    ErrorKind::SplitKeysMismatch {
+                        no: small(found.0),
+                        count: small(found.1),
+                        tensors: found.2,
+                        expected_no: u32::try_from(i).unwrap_or(u32::MAX),
+                        expected_count: u32::try_from(count).unwrap_or(u32::MAX),
+                        expected_tensors: declared,
+                    },
+                ));
+            }
+            parts.push(part);
+        }
+        let extra = part_path(count);
+        if extra.exists() {
+            return Err(Error::new(extra, ErrorKind::SplitPartExtra { count }));
+        }
+        let total: u64 = parts.iter().map(|p| p.header.tensors.len() as u64).sum();
+        if i64::try_from(total).ok() != Some(declared) {
+            return Err(Error::new(
+                path,
+                ErrorKind::SplitTensorCount {
+                    declared,
+                    found: total,
+                },
+            ));
+        }
+        GgufFile::from_parts(parts)
+    }
+
+    /// Opens exactly the file at `path` (one part of a split set is then just that part: its own
+    /// metadata and tensors), with default [`Limits`].
+    pub fn open_part(path: impl AsRef<Path>) -> Result<GgufFile, Error> {
+        GgufFile::from_parts(vec![Part::open(path.as_ref(), &Limits::default())?])
+    }
+
+    fn from_parts(parts: Vec<Part>) -> Result<GgufFile, Error> {
+        let mut tensors = Vec::new();
+        let mut part_of = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (i, p) in parts.iter().enumerate() {
+            for t in &p.header.tensors {
+                if let Some(&j) = by_name.get(&t.name) {
+                    let first = parts
+                        .get(part_of.get(j).copied().unwrap_or(0))
+                        .map(|q| q.path.clone())
+                        .unwrap_or_default();
+                    return Err(Error::new(
+                        &p.path,
+                        ErrorKind::DuplicateAcrossSplits {
+                            tensor: t.name.clone(),
+                            first,
+                        },
+                    ));
+                }
+                by_name.insert(t.name.clone(), tensors.len());
+                tensors.push(t.clone());
+                part_of.push(i);
+            }
+        }
+        Ok(GgufFile {
+            parts,
+            tensors,
+            part_of,
+            by_name,
+        })
+    }
+
+    fn first(&self) -> &Part {
+        // `from_parts` is never given an empty list.
+        &self.parts[0]
+    }
+
+    /// The parsed header of the first (or only) file.
     pub fn header(&self) -> &ParsedHeader {
-        &self.header
+        &self.first().header
     }
 
-    /// GGUF version (2 or 3).
+    /// GGUF version (2 or 3) of the first file.
     pub fn version(&self) -> u32 {
-        self.header.version
+        self.first().header.version
     }
 
-    /// Alignment of the data section and tensors.
+    /// Alignment of the first file's data section and tensors.
     pub fn alignment(&self) -> u32 {
-        self.header.alignment
+        self.first().header.alignment
     }
 
-    /// Metadata in file order.
+    /// Metadata in file order: the first file's (a split set's model metadata and its split keys).
     pub fn metadata(&self) -> &Metadata {
-        &self.header.metadata
+        &self.first().header.metadata
     }
 
-    /// Tensor infos in file order.
+    /// Tensor infos of every file, in split order then file order. Offsets are relative to the
+    /// data section of the file holding the tensor ([`GgufFile::tensor_location`]).
     pub fn tensors(&self) -> &[TensorInfo] {
-        &self.header.tensors
+        &self.tensors
     }
 
     /// The tensor named `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.header.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).and_then(|&i| self.tensors.get(i))
     }
 
-    /// The tensor's bytes, borrowed from the map. Every info from [`GgufFile::tensors`] was checked
-    /// at open to lie inside the file; an info from elsewhere that does not fit yields an empty slice.
+    fn part_index(&self, info: &TensorInfo) -> Option<usize> {
+        self.by_name
+            .get(&info.name)
+            .and_then(|&i| self.part_of.get(i))
+            .copied()
+    }
+
+    /// The tensor's bytes, borrowed from its file's map. Every info from [`GgufFile::tensors`] was
+    /// checked at open to lie inside its file; an info from elsewhere that does not fit yields an
+    /// empty slice.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
-        self.header.tensor_data(self.map.bytes(), info)
+        match self.part_index(info).and_then(|i| self.parts.get(i)) {
+            Some(p) => p.header.tensor_data(p.map.bytes(), info),
+            None => &[],
+        }
     }
 
-    /// File offset of the data section.
+    /// Which file holds the tensor (its index in [`GgufFile::paths`]) and the tensor's absolute
+    /// offset in that file.
+    pub fn tensor_location(&self, info: &TensorInfo) -> Option<(usize, u64)> {
+        let i = self.part_index(info)?;
+        let p = self.parts.get(i)?;
+        Some((i, p.header.data_offset.saturating_add(info.offset)))
+    }
+
+    /// File offset of the first file's data section.
     pub fn data_offset(&self) -> u64 {
-        self.header.data_offset
+        self.first().header.data_offset
     }
 
-    /// File size in bytes.
+    /// Bytes on disk, all files together.
     pub fn file_size(&self) -> u64 {
-        self.header.file_size
+        self.parts.iter().map(|p| p.header.file_size).sum()
     }
 
-    /// The path it was opened from.
+    /// The path it was opened from (the first file of a split set).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.first().path
+    }
+
+    /// Every file, in split order (one for an unsplit model).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.parts.iter().map(|p| p.path.clone()).collect()
+    }
+
+    /// Every file's own header (metadata, tensors), in split order.
+    pub fn part_headers(&self) -> impl Iterator<Item = (&Path, &ParsedHeader)> {
+        self.parts.iter().map(|p| (p.path.as_path(), &p.header))
     }
 }
 
