@@ -1,7 +1,11 @@
 //! longquant: Hugging Face Llama checkpoints to GGUF, quantized and validated.
 //!
 //! The library behind the `longquant` command: [`convert`] (architecture mapping, mixes,
-//! tokenizer metadata, the streaming conversion), [`inspect`] (summaries of model files).
+//! tokenizer metadata, the streaming conversion, requantization), [`export`] (GGUF back to a
+//! Hugging Face folder), [`inspect`] (summaries of model files), [`model`] (the CPU forward
+//! pass and the device-independent [`model::Evaluator`]), `cuda` (the GPU backend, feature
+//! `cuda`), [`eval`] (perplexity, KLD, sweeps, imatrix collection), [`imatrix`] (the importance
+//! matrix formats), [`recall`] (long-context retrieval), [`tokenizer`] and [`chat_template`].
 pub use longquant_formats as formats;
 pub use longquant_quants as quants;
 

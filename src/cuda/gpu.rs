@@ -109,7 +109,9 @@ pub fn probe_libraries() -> Result<(), CudaError> {
         ("nvrtc", "run-time compiler (NVRTC)"),
         ("cublas", "BLAS (cuBLAS)"),
     ] {
-        let names = cudarc::get_lib_name_candidates(lib);
+        let mut names = cudarc::get_lib_name_candidates(lib);
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
         // SAFETY: loading a CUDA library runs its initializers, which is what using it needs.
         let found = names
             .iter()
