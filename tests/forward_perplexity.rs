@@ -117,15 +117,26 @@ fn smollm2_q4_1_ppl_ctx512_matches_llama_perplexity() {
     );
 }
 
-/// IQ4_XS as our converter makes it from the F32 file (`quantize --type IQ4_XS smol-f32.gguf`):
-/// IQ4_XS on the 1536-wide `ffn_down` rows, its IQ4_NL fallback on the 576-wide rows, Q5_K on the
-/// first `ffn_down` layers and Q8_0 for the tied embeddings, so both new non-linear block types
-/// run through the forward pass (row dots of the quants crate against Q8_K / Q8_0). Oracle:
-/// `tests/data/llamacpp/avx2/smollm2_ppl_iq4_xs_ctx512_c4.json` (scripts/llamacpp/perplexity.sh
-/// 512 4 2 smol-iq4_xs.gguf iq4_xs, with the build-avx2 binaries), ctx 512, 4 chunks. Tolerance: see
-/// the comment at the assertion.
+/// The issue-14 file types as our converter makes them from the F32 file
+/// (`quantize --type T smol-f32.gguf`; tensor for tensor the bytes llama-quantize writes):
+/// - Q2_K: Q3_K on the 1536-wide `ffn_down` rows, Q4_0 (the fallback of the 576-wide rows, which
+///   no 256-block type divides) elsewhere;
+/// - Q3_K_M: Q4_K / Q5_K on the `ffn_down` and `attn_output` rows, Q4_0, Q5_0 and Q5_1 fallbacks;
+/// - IQ4_NL: IQ4_NL (32-blocks fit every row), Q5_K on the first `ffn_down` layers;
+/// - IQ4_XS: IQ4_XS on the 1536-wide `ffn_down` rows, its IQ4_NL fallback on the 576-wide rows, Q5_K
+///   on the first `ffn_down` layers;
+///
+/// and Q8_0 for the tied embeddings, so every new block type runs through the forward pass (row
+/// dots of the quants crate against Q8_K / Q8_0). Oracles:
+/// `tests/data/llamacpp/avx2/smollm2_ppl_{q2_k,q3_k_m,iq4_nl,iq4_xs}_ctx512_c4.json`
+/// (scripts/llamacpp/perplexity.sh 512 4 2 smol-TAG.gguf TAG with the build-avx2 binaries), ctx
+/// 512, 4 chunks. Neither class is bit-exact for these types (llama.cpp runs them through its SIMD
+/// and repacked Q4_0 / Q4_K / IQ4_NL GEMMs, we through other float steps), so every host reads
+/// the `avx2/` oracle and is held to 1.5 × llama.cpp's own variation on that file (flash
+/// attention off, repacking off; `avx2/variation.json`, `common::ppl_tolerance_inexact`), except
+/// IQ4_XS (see the comment at its tolerance).
 #[test]
-fn smollm2_iq4_xs_ppl_ctx512_matches_llama_perplexity() {
+fn smollm2_low_bit_ppl_ctx512_matches_llama_perplexity() {
     use longquant::convert::mix::FileType;
     use longquant::convert::quantize::{quantize, QuantizeOptions};
     let (Some(src), Some(text)) = (
@@ -140,44 +151,48 @@ fn smollm2_iq4_xs_ppl_ctx512_matches_llama_perplexity() {
     let mut o = QuantizeOptions::new(FileType::F32);
     o.allow_requantize = true;
     quantize(&src, &f32, &o, &mut |_| {}).unwrap();
-    let path = dir.path().join("smol-iq4_xs.gguf");
-    quantize(
-        &f32,
-        &path,
-        &QuantizeOptions::new(FileType::IQ4_XS),
-        &mut |_| {},
-    )
-    .unwrap();
-    // Recorded with the AVX2-only build only; neither class is bit-exact for these types, so the
-    // one oracle serves every host.
-    let doc = common::read_json(
-        &common::root().join("tests/data/llamacpp/avx2/smollm2_ppl_iq4_xs_ctx512_c4.json"),
-    );
-    assert_eq!(
-        common::sha256_file(&path),
-        doc["model_sha256"].as_str().unwrap(),
-        "not the file llama.cpp ran"
-    );
-    let file = GgufFile::open(&path).unwrap();
-    let tok = GgufTokenizer::from_gguf(&file).unwrap();
-    let model = Model::load(&file).unwrap();
-    let want = doc["ppl"].as_f64().unwrap();
-    let got = run(&model, &tok, &text, 512, 4);
-    let rel = (got - want).abs() / want;
-    eprintln!("IQ4_XS: ours {got:.4}, llama.cpp {want:.4}, relative {rel:.2e}");
-    // Not bit-exact on any host: llama.cpp runs these types through its SIMD (and, for IQ4_NL,
-    // repacked GEMM) kernels, we through the quants crate's row dots in ggml's generic order, so
-    // f32 sums differ in the last bits and some 8-bit activation roundings flip. Measured on the
-    // 2-core AVX2 host where the oracle was recorded: with the scalar IQ4 dots 21.2790 (+0.43 %),
-    // with the AVX2 ones (same integer sums, other f32 accumulation order) 21.3306 (+0.67 %), so
-    // rounding alone moves this 1,020-token PPL by a few tenths of a percent (the module comment
-    // finds ±0.1-0.12 % at 24 chunks). 1.5 % is about twice the worst measured; layout or
-    // level-table errors are caught exactly by the golden and gguf-py tests of the quants crate.
-    let tol = 1.5e-2;
-    assert!(
-        rel <= tol,
-        "IQ4_XS: PPL {got:.4} vs llama.cpp {want:.4}: relative {rel:.2e} > {tol:.0e}"
-    );
+    // IQ4_XS keeps the tolerance it had before llama.cpp's variation on its file was measured:
+    // ours 21.3306 against 21.1885 is +0.67 %, above 1.5 × that variation (1.5 × 3.8e-3, FA off).
+    // Measured on the 2-core AVX2 host: with the scalar IQ4 dots 21.2790 (+0.43 %), with the AVX2
+    // ones (same integer sums, other f32 accumulation order) 21.3306 (+0.67 %), so rounding alone
+    // moves this 1,020-token PPL by a few tenths of a percent; 1.5 % is about twice the worst
+    // measured, and layout or level-table errors are caught exactly by the golden and gguf-py
+    // tests of the quants crate. The other types are held to the variation rule.
+    let mut failures = Vec::new();
+    for (ty, tag, fixed_tol) in [
+        (FileType::Q2_K, "q2_k", None),
+        (FileType::Q3_K_M, "q3_k_m", None),
+        (FileType::IQ4_NL, "iq4_nl", None),
+        (FileType::IQ4_XS, "iq4_xs", Some(1.5e-2)),
+    ] {
+        let path = dir.path().join(format!("smol-{tag}.gguf"));
+        quantize(&f32, &path, &QuantizeOptions::new(ty), &mut |_| {}).unwrap();
+        let name = format!("smollm2_ppl_{tag}_ctx512_c4.json");
+        let doc = common::read_json(&common::root().join("tests/data/llamacpp/avx2").join(&name));
+        assert_eq!(
+            common::sha256_file(&path),
+            doc["model_sha256"].as_str().unwrap(),
+            "{tag}: not the file llama.cpp ran"
+        );
+        let variation_tol = common::ppl_tolerance_inexact(&name);
+        let tol = fixed_tol.unwrap_or(variation_tol);
+        let file = GgufFile::open(&path).unwrap();
+        let tok = GgufTokenizer::from_gguf(&file).unwrap();
+        let model = Model::load(&file).unwrap();
+        let want = doc["ppl"].as_f64().unwrap();
+        let got = run(&model, &tok, &text, 512, 4);
+        let rel = (got - want).abs() / want;
+        eprintln!(
+            "{tag}: ours {got:.4}, llama.cpp {want:.4}, relative {rel:.2e}, bound {tol:.2e} \
+             (1.5 x llama.cpp variation {variation_tol:.2e})"
+        );
+        if rel > tol {
+            failures.push(format!(
+                "{tag}: PPL {got:.4} vs llama.cpp {want:.4}: relative {rel:.2e} > {tol:.2e}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("; "));
 }
 
 #[test]

@@ -11,8 +11,9 @@
 # Writes (each JSON records the command and the model's sha256):
 #   smollm2_ppl{,_f32,_q8_0,_q4_k_m}_ctx512_c24.json, smollm2_ppl_{q8_0,q4_k_m}_ctx8192_c1.json
 #   smollm2_logits.json + smollm2_{q4_1,f32,q8_0,q4_k_m}_logits_{0,1}.f32, smollm2_selfdiff.json
-#   variation.json: the same PPLs with flash attention off, and Q4_K_M's with repacking off
-#   (llama.cpp against itself)
+#   smollm2_ppl_{q2_k,q3_k_m,iq4_nl,iq4_xs}_ctx512_c4.json (our quantize of the F32 file)
+#   variation.json: the ctx-512 PPLs with flash attention off, and Q4_K_M's and the low-bit
+#   files' with repacking off (llama.cpp against itself)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 class=${1:?class: avx512 or avx2}; bin=${2:?llama.cpp build bin directory}
@@ -31,6 +32,14 @@ ppl() { bash "$root/scripts/llamacpp/perplexity.sh" "$@"; }
 ppl 512 24 2 "$fix"
 for t in f32 q8_0 q4_k_m; do ppl 512 24 2 "$work/smol-$t.gguf" $t; done
 for t in q8_0 q4_k_m; do ppl 8192 1 2 "$work/smol-$t.gguf" $t; done
+# The issue-14 file types, ctx 512 x 4 chunks (tests/forward_perplexity.rs reads the avx2/ ones on
+# every host: no class is bit-exact for them).
+low_bit="Q2_K Q3_K_M IQ4_NL IQ4_XS"
+for t in $low_bit; do
+  l=$(echo $t | tr A-Z a-z)
+  "$lq" quantize "$work/smol-f32.gguf" "$work/smol-$l.gguf" --type $t --force >/dev/null
+  ppl 512 4 2 "$work/smol-$l.gguf" $l
+done
 export LLAMA_CPP_LIB_PATH=$bin LONGQUANT_ORACLE_CLASS=$class
 (cd "$root/scripts/llamacpp" && python3 smollm2_logits.py "$work" && python3 smollm2_selfdiff.py "$work")
 # llama.cpp against itself: the same runs with flash attention off, and with weight repacking off
@@ -41,6 +50,12 @@ var=$work/var; mkdir -p "$var/fa_off" "$var/no_repack"
 OUT_DIR=$var/no_repack EXTRA_ARGS="-nr" ppl 512 24 2 "$work/smol-q4_k_m.gguf" q4_k_m
 OUT_DIR=$var/fa_off EXTRA_ARGS="-fa off" ppl 512 24 2 "$fix"
 for t in f32 q8_0 q4_k_m; do OUT_DIR=$var/fa_off EXTRA_ARGS="-fa off" ppl 512 24 2 "$work/smol-$t.gguf" $t; done
+# Every low-bit file holds repackable weights on AVX2 (Q4_0, Q4_K or IQ4_NL).
+for t in $low_bit; do
+  l=$(echo $t | tr A-Z a-z)
+  OUT_DIR=$var/fa_off EXTRA_ARGS="-fa off" ppl 512 4 2 "$work/smol-$l.gguf" $l
+  OUT_DIR=$var/no_repack EXTRA_ARGS="-nr" ppl 512 4 2 "$work/smol-$l.gguf" $l
+done
 python3 - "$var" "$out/variation.json" "$class" <<'PY'
 import json, pathlib, sys
 var = pathlib.Path(sys.argv[1])

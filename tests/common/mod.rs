@@ -209,6 +209,14 @@ pub fn ppl_tolerance(name: &str) -> f64 {
     if oracle_arithmetic_host() {
         1e-5
     } else {
-        (1.5 * llama_cpp_ppl_variation(name)).max(1e-5)
+        ppl_tolerance_inexact(name)
     }
+}
+
+/// Relative PPL tolerance against a `llama-perplexity` oracle that no host computes bit for bit
+/// (the issue-14 file types, recorded in `avx2/` only; every host reads that one): 1.5 ×
+/// llama.cpp's own measured variation on that file ([`llama_cpp_ppl_variation`]), never below
+/// the 1e-5 that the printed decimals resolve.
+pub fn ppl_tolerance_inexact(name: &str) -> f64 {
+    (1.5 * llama_cpp_ppl_variation(name)).max(1e-5)
 }
