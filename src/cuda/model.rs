@@ -282,15 +282,7 @@ impl<'a> CudaModel<'a> {
             let off: usize = il * per_layer + widths[..slot].iter().sum::<usize>();
             sums.as_ref().map(|m| m.at(off * 8))
         };
-        let (i_nt, i_n, i_nh, i_nkv, i_hd, i_rot) = (
-            0i32,
-            n as i64,
-            nh as i32,
-            nkv as i32,
-            hd as i32,
-            cfg.n_rot as i32,
-        );
-        let _ = (i_nt, i_n);
+        let (i_nh, i_nkv, i_hd, i_rot) = (nh as i32, nkv as i32, hd as i32, cfg.n_rot as i32);
         for (il, l) in self.layers.iter().enumerate() {
             let mut w16 = [0u64; 7];
             for (i, w) in l.w.iter().enumerate() {
