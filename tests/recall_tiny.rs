@@ -30,7 +30,10 @@ fn ok(o: Output, what: &str) -> Output {
 fn by_length(doc: &serde_json::Value) -> Vec<(u64, f64)> {
     let mut out: Vec<(u64, f64, usize)> = Vec::new();
     for c in doc["cells"].as_array().expect("cells") {
-        let (len, acc) = (c["length"].as_u64().unwrap(), c["accuracy"].as_f64().unwrap());
+        let (len, acc) = (
+            c["length"].as_u64().unwrap(),
+            c["accuracy"].as_f64().unwrap(),
+        );
         match out.iter_mut().find(|(l, _, _)| *l == len) {
             Some(e) => {
                 e.1 += acc;
@@ -85,9 +88,15 @@ fn tiny_recall_retrieves_and_a_wrong_rope_theta_is_caught() {
     let doc = recall(&f32, "1024,4096", "0,0.5,1");
     eprintln!("F32: {}", doc["cells"]);
     let lengths = by_length(&doc);
-    assert_eq!(lengths.iter().map(|l| l.0).collect::<Vec<_>>(), [1024, 4096]);
+    assert_eq!(
+        lengths.iter().map(|l| l.0).collect::<Vec<_>>(),
+        [1024, 4096]
+    );
     for (len, acc) in &lengths {
-        assert!(*acc >= 0.9, "F32 recall at {len} tokens is {acc} (expected >= 0.9)");
+        assert!(
+            *acc >= 0.9,
+            "F32 recall at {len} tokens is {acc} (expected >= 0.9)"
+        );
     }
 
     // The same weights with the rope theta of an ordinary Llama (a conversion that lost
@@ -112,12 +121,18 @@ fn tiny_recall_retrieves_and_a_wrong_rope_theta_is_caught() {
         "--check-against",
         src.to_str().unwrap(),
     ]);
-    assert!(!o.status.success(), "the facts check accepted a wrong rope theta");
+    assert!(
+        !o.status.success(),
+        "the facts check accepted a wrong rope theta"
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("rope theta"), "{err}");
 
     let doc = recall(&bad, "4096", "0,1");
     eprintln!("wrong theta: {}", doc["cells"]);
     let acc = doc["accuracy"].as_f64().unwrap();
-    assert!(acc <= 0.5, "recall with a wrong rope theta should collapse, got {acc}");
+    assert!(
+        acc <= 0.5,
+        "recall with a wrong rope theta should collapse, got {acc}"
+    );
 }
