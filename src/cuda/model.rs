@@ -267,10 +267,12 @@ impl<'a> CudaModel<'a> {
         // Importance sums: per layer the inputs of (q, k, v), o, (gate, up), down; then the head.
         let q_width = nh * hd;
         let widths = [d, q_width, d, ff];
+        let per_layer: usize = widths.iter().sum();
+        // The head's sums follow every layer's.
+        let head_off = per_layer * self.layers.len();
         let sums = match sink {
             Some(_) => {
-                let per_layer: usize = widths.iter().sum();
-                let total = per_layer * self.layers.len() + d;
+                let total = head_off + d;
                 let m = gpu.alloc(total * 8, "importance sums")?;
                 gpu.zero(m.ptr, total * 8)?;
                 Some(m)
@@ -278,7 +280,6 @@ impl<'a> CudaModel<'a> {
             None => None,
         };
         let layer_sums = |il: usize, slot: usize| -> Option<u64> {
-            let per_layer: usize = widths.iter().sum();
             let off: usize = il * per_layer + widths[..slot].iter().sum::<usize>();
             sums.as_ref().map(|m| m.at(off * 8))
         };
@@ -446,8 +447,7 @@ impl<'a> CudaModel<'a> {
                     &[&xr, &self.output_norm.ptr, &xn2.ptr, &di, &eps],
                 )?;
                 if let Some(m) = &sums {
-                    let per_layer: usize = widths.iter().sum();
-                    gpu.col_sumsq(xn2.ptr, np, d, m.at(per_layer * self.layers.len() * 8))?;
+                    gpu.col_sumsq(xn2.ptr, np, d, m.at(head_off * 8))?;
                 }
                 Self::matmul(&gpu, w16, &self.output, xn2.ptr, np, logits.ptr)?;
                 match &mut head {
@@ -474,8 +474,7 @@ impl<'a> CudaModel<'a> {
             }
         }
         if let (Some(m), Some(sink)) = (&sums, sink) {
-            let per_layer: usize = widths.iter().sum();
-            let mut host = vec![0.0f64; per_layer * self.layers.len() + d];
+            let mut host = vec![0.0f64; head_off + d];
             gpu.download(&mut host, m.ptr)?;
             let names: [&[&str]; 4] = [
                 &["attn_q", "attn_k", "attn_v"],
