@@ -6,7 +6,8 @@
 #   scripts/test-cuda.sh [BIN [WORKDIR]]
 #
 # BIN: a longquant built with `cargo build --release --features cuda` (default: builds it);
-# WORKDIR: where models are made (default /tmp/lq-cuda). Needs python3 (to read the JSON) and,
+# WORKDIR: where models are made (default /tmp/lq-cuda); SKIP_SYNTH=1 leaves out the synthetic
+# models (for a machine without the Llama-3 tokenizer). Needs python3 (to read the JSON) and,
 # beside BIN or on PATH, synth_checkpoint (examples/synth_checkpoint). Models: the synthetic
 # tiny preset (F32, Q8_0, Q4_K_M, Q2_K, IQ4_XS), and TINY_NATURAL (default
 # fixtures/tiny-natural; a HF folder or a GGUF) in the types it can be made in.
@@ -18,6 +19,15 @@
 # 3. `perplexity --device cuda` (the NLL computed on the GPU) within 0.1 % of the CPU's;
 # 4. `imatrix --device cuda` (sums of squares on the GPU) against the CPU's: same entries and
 #    counts, every value within 1 % (the GPU sees f16-rounded activations, the CPU f32 ones).
+# 5. the fused attention kernel against the cuBLAS attention (`LONGQUANT_CUDA_ATTN=gemm`):
+#    perplexity within 0.05 % (both f16 inputs, f32 sums; only the order of sums and where P
+#    is normalized differ);
+# 6. `compare` with both models on the GPU (KLD scored there, per-position numbers to the host)
+#    against the same comparison scored on the host (`LONGQUANT_CUDA_COMPARE=host`): mean KLD
+#    within 1e-3 relative (+1e-7), PPLs within 1e-6 relative, same-top within 0.1 points;
+# 7. `recall --device cuda` (cached decoding on the GPU) on TINY_RECALL (default
+#    fixtures/tiny-recall; a HF folder or a GGUF) against `--device cpu` on the model's F32
+#    twin: accuracy within 0.1 and >= 0.9 for the F32 model at 1K and 4K.
 # The CPU reference of a quantized model is its F32 twin (`quantize --type F32`: the same
 # weights, dequantized), because the CPU rounds every product's activations to 8 bits
 # (Q8_0/Q8_1/Q8_K, as llama.cpp's CPU does) and the GPU does not (f16): the twin measures the
@@ -51,10 +61,14 @@ fi
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); [print("  ", x["device"], x["total_mib"], "MiB") for x in d["devices"]]' "$W/devices.json"
 
 models=()
-"$SYNTH" --preset tiny --out "$W/synth-tiny" --tokenizer "$TOK" >/dev/null || bad "synth_checkpoint"
-for t in F32 Q8_0 Q4_K_M Q2_K IQ4_XS; do
-  "$BIN" convert "$W/synth-tiny" -o "$W/synth-tiny.$t.gguf" --type $t --force >/dev/null && models+=("$W/synth-tiny.$t.gguf")
-done
+if [ "${SKIP_SYNTH:-0}" = 1 ]; then
+  echo "SKIP the synthetic tiny models (SKIP_SYNTH=1)"
+else
+  "$SYNTH" --preset tiny --out "$W/synth-tiny" --tokenizer "$TOK" >/dev/null || bad "synth_checkpoint"
+  for t in F32 Q8_0 Q4_K_M Q2_K IQ4_XS; do
+    "$BIN" convert "$W/synth-tiny" -o "$W/synth-tiny.$t.gguf" --type $t --force >/dev/null && models+=("$W/synth-tiny.$t.gguf")
+  done
+fi
 if [ -d "$TINY_NATURAL" ]; then
   for t in F16 Q8_0 Q4_K_M; do
     "$BIN" convert "$TINY_NATURAL" -o "$W/tiny-natural.$t.gguf" --type $t --force >/dev/null && models+=("$W/tiny-natural.$t.gguf")
@@ -102,6 +116,63 @@ for m in "${models[@]}"; do
   else
     bad "$(basename "$m") perplexity --device cuda '$g' ($(tail -1 "$W/ppl.err")), cpu $c"
   fi
+done
+echo "== fused attention vs cuBLAS attention"
+for m in "${models[@]}"; do
+  f=$("$BIN" perplexity "$m" -f "$TEXT" --ctx 2048 --chunks 2 --device cuda --json 2>"$W/ppl.err" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
+  g=$(LONGQUANT_CUDA_ATTN=gemm "$BIN" perplexity "$m" -f "$TEXT" --ctx 2048 --chunks 2 --device cuda --json 2>>"$W/ppl.err" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
+  if python3 -c "import sys; f,g=float(sys.argv[1]),float(sys.argv[2]); sys.exit(0 if abs(f/g-1)<=5e-4 else 1)" "$f" "$g" 2>/dev/null; then
+    pass "$(basename "$m") ctx 2048 fused $f, cuBLAS $g"
+  else
+    bad "$(basename "$m") ctx 2048 fused '$f', cuBLAS '$g' ($(tail -1 "$W/ppl.err"))"
+  fi
+done
+echo "== compare scored on the GPU vs on the host"
+for m in "${models[@]}"; do
+  ref=$(twin "$m")
+  a=$("$BIN" compare --base "$ref" --model "$m" --base-device cuda --device cuda -f "$TEXT" --ctx 1024 --chunks 2 --json 2>"$W/cmp.err")
+  b=$(LONGQUANT_CUDA_COMPARE=host "$BIN" compare --base "$ref" --model "$m" --base-device cuda --device cuda -f "$TEXT" --ctx 1024 --chunks 2 --json 2>>"$W/cmp.err")
+  r=$(python3 - "$a" "$b" <<'PY'
+import json, sys
+try:
+    d, h = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+except Exception as e:
+    print("no", "no JSON:", e); sys.exit()
+ok = abs(d["kld_mean"] - h["kld_mean"]) <= 1e-3 * h["kld_mean"] + 1e-7
+ok &= abs(d["ppl_model"] / h["ppl_model"] - 1) <= 1e-6 and abs(d["ppl_base"] / h["ppl_base"] - 1) <= 1e-6
+ok &= abs(d["same_top_p"] - h["same_top_p"]) <= 0.1
+print(("ok" if ok else "no"), "KLD gpu %.6g host %.6g, PPL %.6f/%.6f vs %.6f/%.6f, same top %.2f/%.2f" % (d["kld_mean"], h["kld_mean"], d["ppl_model"], d["ppl_base"], h["ppl_model"], h["ppl_base"], d["same_top_p"], h["same_top_p"]))
+PY
+)
+  case "$r" in ok*) pass "$(basename "$m") compare on the GPU: ${r#ok }";; *) bad "$(basename "$m") compare on the GPU: ${r#no } $(tail -1 "$W/cmp.err")";; esac
+done
+echo "== recall (cached decoding on the GPU)"
+TINY_RECALL=${TINY_RECALL:-$ROOT/fixtures/tiny-recall}
+rmodels=()
+if [ -d "$TINY_RECALL" ]; then
+  for t in F32 Q8_0 Q4_K_M; do
+    "$BIN" convert "$TINY_RECALL" -o "$W/tiny-recall.$t.gguf" --type $t --force >/dev/null && rmodels+=("$W/tiny-recall.$t.gguf")
+  done
+elif [ -f "$TINY_RECALL" ]; then
+  rmodels+=("$TINY_RECALL")
+  "$BIN" quantize "$TINY_RECALL" "$W/tiny-recall.Q4_K_M.gguf" --type Q4_K_M --allow-requantize --force >/dev/null && rmodels+=("$W/tiny-recall.Q4_K_M.gguf")
+else
+  bad "no TINY_RECALL at $TINY_RECALL"
+fi
+for m in "${rmodels[@]}"; do
+  ref=$(twin "$m")
+  args=(--lengths 1024,4096 --depths 0,0.5,1 --samples 2 --json)
+  "$BIN" recall "$m" "${args[@]}" --device cuda >"$W/rg.json" 2>"$W/rg.err" || { bad "$(basename "$m") recall --device cuda: $(tail -1 "$W/rg.err")"; continue; }
+  "$BIN" recall "$ref" "${args[@]}" --device cpu >"$W/rc.json" 2>"$W/rc.err" || { bad "$(basename "$m") recall --device cpu: $(tail -1 "$W/rc.err")"; continue; }
+  r=$(python3 - "$W/rg.json" "$W/rc.json" "$m" <<'PY'
+import json, sys
+g, c = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+ok = abs(g["accuracy"] - c["accuracy"]) <= 0.1
+if "F32" in sys.argv[3]: ok &= g["accuracy"] >= 0.9
+print(("ok" if ok else "no"), "accuracy gpu %.3f cpu %.3f; decode gpu %.1f tokens/s, cpu %.1f; prompt gpu %.0f tokens/s, cpu %.0f" % (g["accuracy"], c["accuracy"], g["decode_tokens_per_second"], c["decode_tokens_per_second"], g["prompt_tokens_per_second"], c["prompt_tokens_per_second"]))
+PY
+)
+  case "$r" in ok*) pass "$(basename "$m") recall: ${r#ok }";; *) bad "$(basename "$m") recall: ${r#no }";; esac
 done
 echo "== imatrix"
 for m in "${models[@]}"; do

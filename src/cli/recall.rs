@@ -3,7 +3,7 @@
 //! prompt length × key depth, with greedy generation on the embedded forward pass.
 use anyhow::Context;
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType, Model};
+use longquant::model::{EvalOptions, KvType};
 use longquant::recall::heatmap::render_svg;
 use longquant::recall::{run_recall, RecallSettings, Subject};
 use longquant::tokenizer::GgufTokenizer;
@@ -41,6 +41,12 @@ pub struct Args {
     /// K/V precision: f16 (llama.cpp's default) or f32.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     kv_type: String,
+    /// Where the model runs: cpu, cuda or cuda:N (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
+    device: super::device::Device,
+    /// Where the base runs (default: --device).
+    #[arg(long, value_parser = super::device::parse)]
+    base_device: Option<super::device::Device>,
 }
 
 pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
@@ -57,19 +63,20 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     }
     let file =
         GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
-    let model =
-        Model::load(&file).with_context(|| format!("loading model {}", a.model.display()))?;
+    let model = super::device::load(&file, &a.model, a.device)?;
     let tok = GgufTokenizer::from_gguf(&file).context("building the tokenizer")?;
-    let subject = Subject::new(&model, &tok, file.metadata());
+    let subject = Subject::new(model.as_ref(), &tok, file.metadata());
 
     let base_file = match &a.base {
         Some(p) => Some(GgufFile::open(p).with_context(|| format!("opening {}", p.display()))?),
         None => None,
     };
     let base_model = match (&base_file, &a.base) {
-        (Some(f), Some(p)) => {
-            Some(Model::load(f).with_context(|| format!("loading model {}", p.display()))?)
-        }
+        (Some(f), Some(p)) => Some(super::device::load(
+            f,
+            p,
+            a.base_device.unwrap_or(a.device),
+        )?),
         _ => None,
     };
     let base_tok = match &base_file {
@@ -77,7 +84,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         None => None,
     };
     let base_subject = match (&base_model, &base_tok, &base_file) {
-        (Some(m), Some(t), Some(f)) => Some(Subject::new(m, t, f.metadata())),
+        (Some(m), Some(t), Some(f)) => Some(Subject::new(m.as_ref(), t, f.metadata())),
         _ => None,
     };
 
@@ -127,6 +134,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             "model": a.model.display().to_string(),
             "base": a.base.as_ref().map(|p| p.display().to_string()),
             "seed": a.seed,
+            "device": model.device_name(),
             "cells": report.cells.iter().map(|c| json!({
                 "length": c.length,
                 "depth": c.depth,

@@ -98,7 +98,10 @@ const KERNEL_NAMES: &[&str] = &[
     "softmax_causal",
     "swiglu_f16",
     "nll_rows",
+    "kld_rows",
     "col_sumsq",
+    "flash_attn_64",
+    "flash_attn_128",
 ];
 
 /// Checks that the three CUDA libraries can be loaded, before cudarc (which panics when one is
@@ -365,6 +368,38 @@ impl Gpu {
                 shared_mem_bytes: 0,
             })?
         };
+        Ok(())
+    }
+
+    /// Launches kernel `name` on a `grid.0 × grid.1` grid of `block`-thread blocks.
+    pub fn launch_grid(
+        &self,
+        name: &str,
+        grid: (u32, u32),
+        block: u32,
+        args: &[&dyn Arg],
+    ) -> Result<(), CudaError> {
+        let f = &self.funcs[name];
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            a.push(&mut b);
+        }
+        // SAFETY: as in `launch`: parameters in kernels.cu's order and sizes.
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (grid.0.max(1), grid.1.max(1), 1),
+                block_dim: (block, 1, 1),
+                shared_mem_bytes: 0,
+            })?
+        };
+        Ok(())
+    }
+
+    /// Copies `bytes` bytes from device address `src` to `dst` (asynchronously, in order).
+    pub fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread()?;
+        // SAFETY: both ranges lie inside live allocations (caller) and do not overlap.
+        unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream())? };
         Ok(())
     }
 

@@ -274,14 +274,14 @@ extern "C" __global__ void rms_norm_f16(const float* __restrict__ x, const float
 
 // RoPE (adjacent pairs of the first n_rot dims of each head, the CPU's fused rotation) on the
 // f32 projections of a tile of `nt` tokens at positions p0.., with the cos/sin table `cs`
-// ([position][n_rot/2] pairs). Q goes to `qh` ([token][head][dim] f16); K and V go into the
+// ([position - cs0][n_rot/2] pairs). Q goes to `qh` ([token][head][dim] f16); K and V go into the
 // layer's cache at their positions ([kv_head][pos][dim] f16, `cap` positions per head).
 // One thread per (token, head, pair) for Q heads and KV heads together.
 extern "C" __global__ void rope_store(const float* __restrict__ q, const float* __restrict__ k,
                                       const float* __restrict__ v, const float* __restrict__ cs,
                                       u16* __restrict__ qh, u16* __restrict__ kc,
-                                      u16* __restrict__ vc, int nt, int p0, int nh, int nkv,
-                                      int hd, int n_rot, i64 cap) {
+                                      u16* __restrict__ vc, int nt, int p0, int cs0, int nh,
+                                      int nkv, int hd, int n_rot, i64 cap) {
     i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     int pairs = hd / 2;
     int heads = nh + nkv;
@@ -295,8 +295,8 @@ extern "C" __global__ void rope_store(const float* __restrict__ q, const float* 
     float c = 1.0f, s = 0.0f;
     bool rot = p < half;
     if (rot) {
-        c = cs[((i64)pos * half + p) * 2];
-        s = cs[((i64)pos * half + p) * 2 + 1];
+        c = cs[((i64)(pos - cs0) * half + p) * 2];
+        s = cs[((i64)(pos - cs0) * half + p) * 2 + 1];
     }
     if (hh < nh) {
         const float* src = q + ((i64)t * nh + hh) * hd + 2 * p;
@@ -380,6 +380,82 @@ extern "C" __global__ void nll_rows(const float* __restrict__ logits, const u32*
     }
 }
 
+// Max and first index of the max over a block (ties go to the lower index).
+__device__ void block_argmax(float& v, int& i, float* shv, int* shi) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffff, v, o);
+        int oi = __shfl_xor_sync(0xffffffff, i, o);
+        if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+    }
+    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) { shv[w] = v; shi[w] = i; }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float t = threadIdx.x < blockDim.x / 32 ? shv[threadIdx.x] : NEG_INF;
+        int ti = threadIdx.x < blockDim.x / 32 ? shi[threadIdx.x] : 0x7fffffff;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffff, t, o);
+            int oi = __shfl_xor_sync(0xffffffff, ti, o);
+            if (ov > t || (ov == t && oi < ti)) { t = ov; ti = oi; }
+        }
+        if (threadIdx.x == 0) { shv[0] = t; shi[0] = ti; }
+    }
+    __syncthreads();
+    v = shv[0];
+    i = shi[0];
+    __syncthreads();
+}
+
+// One position of a comparison, as the host's exact scoring (eval/kld.rs) computes it: for the
+// base's and the model's logit rows, the max (f32), the first argmax and ln Σ exp(l - max) (f32
+// exps summed in f64); the base's log-probs rounded to f32 as the host stores them; then
+// out = {nll, nll_base, KL(base ‖ model) = Σ p_b (ln p_b - ln p_m) in f64, same argmax}.
+// One block per position.
+extern "C" __global__ void kld_rows(const float* __restrict__ base, const float* __restrict__ model,
+                                    const u32* __restrict__ targets, double* __restrict__ out,
+                                    int nv) {
+    __shared__ float shv[32];
+    __shared__ int shi[32];
+    __shared__ double shd[32];
+    const float* b = base + (i64)blockIdx.x * nv;
+    const float* m = model + (i64)blockIdx.x * nv;
+    float mb = NEG_INF, mm = NEG_INF;
+    int ib = 0x7fffffff, im = 0x7fffffff;
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        if (b[i] > mb) { mb = b[i]; ib = i; }
+        if (m[i] > mm) { mm = m[i]; im = i; }
+    }
+    block_argmax(mb, ib, shv, shi);
+    block_argmax(mm, im, shv, shi);
+    double sb = 0.0, sm = 0.0;
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        sb += (double)expf(b[i] - mb);
+        sm += (double)expf(m[i] - mm);
+    }
+    sb = block_sum_d(sb, shd);
+    sm = block_sum_d(sm, shd);
+    double lse_b = log(sb);
+    double off = (double)mm + log(sm);
+    double kl = 0.0;
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        float lb = (float)((double)(b[i] - mb) - lse_b);
+        double pb = exp((double)lb);
+        if (pb > 0.0) kl += pb * ((double)lb - ((double)m[i] - off));
+    }
+    kl = block_sum_d(kl, shd);
+    if (threadIdx.x == 0) {
+        u32 t = targets[blockIdx.x];
+        double lm = t < (u32)nv ? (double)m[t] : (double)NEG_INF;
+        float lbt = t < (u32)nv ? (float)((double)(b[t] - mb) - lse_b) : NEG_INF;
+        double* o = out + (i64)blockIdx.x * 4;
+        o[0] = off - lm;
+        o[1] = -(double)lbt;
+        o[2] = kl;
+        o[3] = ib == im ? 1.0 : 0.0;
+    }
+}
+
 // acc[c] += sum over `rows` rows of x[r][c]^2 (x f16, `cols` wide), for the importance matrix.
 // Block (256 columns) × grid.y row groups; each thread sums its column over its rows in f64
 // and adds the result atomically.
@@ -396,4 +472,194 @@ extern "C" __global__ void col_sumsq(const u16* __restrict__ x, int rows, int co
         s += (double)(v * v);
     }
     atomicAdd(acc + c, s);
+}
+
+// ---- fused causal attention (FlashAttention-2 manner) on tensor cores ----
+//
+// One block of 4 warps computes 64 queries of one head; each warp owns 16 query rows. Keys and
+// values stream through shared memory 64 positions at a time; per tile a warp computes its
+// scores S = Q Kᵀ with mma.sync m16n8k16 (f16 inputs, f32 sums), scales and masks them, keeps a
+// running row max and sum (online softmax, f32), rounds the probabilities to f16 and adds P V
+// into f32 accumulators (again mma.sync), so S and P never leave registers. The output row is
+// divided by its sum at the end and stored as f16 into [token][head][dim].
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 with f16 A/B and f32 C): with g = lane / 4 and
+// t = lane % 4, A register i holds row g + 8·(i & 1), columns 2t + 8·(i >> 1) + {0, 1}; B
+// register i holds rows (k) 2t + 8·i + {0, 1} of column (n) g; C element e holds row g + 8·(e >> 1),
+// column 2t + (e & 1). ldmatrix gives B straight from row-major K (rows are keys) and, with
+// .trans, from row-major V; a tile of S in C layout is already P's A layout.
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ u32 pack_h2(float lo, float hi) {
+    return (u32)f2h(lo) | ((u32)f2h(hi) << 16);
+}
+
+#define FA_BM 64
+#define FA_BN 64
+#define FA_PAD 8
+
+// q: [token][nh][HD] f16 for the `nt` tokens of a tile at positions p0..; kc, vc: one layer's
+// cache [kv_head][cap][HD] f16 holding positions 0..p0+nt; o: [token][nh][HD] f16.
+// Grid (ceil(nt / 64), nh), 128 threads. Query blocks run longest first.
+template <int HD>
+__device__ void flash_attn(const u16* __restrict__ q, const u16* __restrict__ kc,
+                           const u16* __restrict__ vc, u16* __restrict__ o, int nt, int p0,
+                           int nh, int nkv, i64 cap, float scale) {
+    constexpr int LDS = HD + FA_PAD;
+    __shared__ __align__(16) u16 sk[FA_BN * LDS];
+    __shared__ __align__(16) u16 sv[FA_BN * LDS];
+    const int qb = gridDim.x - 1 - blockIdx.x;
+    const int h = blockIdx.y;
+    const int kvh = h / (nh / nkv);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int gr = lane >> 2, tq = lane & 3;
+    const int r0 = qb * FA_BM + warp * 16;
+    const int ra = r0 + gr, rb = r0 + gr + 8;
+    // Rows past the tile take no keys (their results are not stored).
+    const int pa = ra < nt ? p0 + ra : -1;
+    const int pb = rb < nt ? p0 + rb : -1;
+
+    u32 qf[HD / 16][4];
+    for (int kk = 0; kk < HD / 16; kk++) {
+        int c = kk * 16 + 2 * tq;
+        const u16* qa = q + ((i64)ra * nh + h) * HD;
+        const u16* qbp = q + ((i64)rb * nh + h) * HD;
+        qf[kk][0] = ra < nt ? *(const u32*)(qa + c) : 0u;
+        qf[kk][1] = rb < nt ? *(const u32*)(qbp + c) : 0u;
+        qf[kk][2] = ra < nt ? *(const u32*)(qa + c + 8) : 0u;
+        qf[kk][3] = rb < nt ? *(const u32*)(qbp + c + 8) : 0u;
+    }
+    float acc[HD / 8][4];
+    for (int j = 0; j < HD / 8; j++)
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.0f, l_b = 0.0f;
+
+    const int last = (qb + 1) * FA_BM < nt ? (qb + 1) * FA_BM : nt;
+    const int n_keys = p0 + last;  // keys 0 .. position of the block's last query
+    const u16* kh = kc + (i64)kvh * cap * HD;
+    const u16* vh = vc + (i64)kvh * cap * HD;
+    const int warp_last = p0 + r0 + 15;  // largest position a row of this warp can have
+
+    for (int k0 = 0; k0 < n_keys; k0 += FA_BN) {
+        __syncthreads();
+        for (int i = threadIdx.x; i < FA_BN * HD / 8; i += blockDim.x) {
+            int row = i / (HD / 8), c8 = i % (HD / 8);
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            if (k0 + row < n_keys) {
+                kv = ((const uint4*)(kh + (i64)(k0 + row) * HD))[c8];
+                vv = ((const uint4*)(vh + (i64)(k0 + row) * HD))[c8];
+            }
+            *(uint4*)(sk + row * LDS + c8 * 8) = kv;
+            *(uint4*)(sv + row * LDS + c8 * 8) = vv;
+        }
+        __syncthreads();
+        if (warp_last < k0) continue;  // every key of the tile is in this warp's future
+
+        float s[FA_BN / 8][4];
+        for (int j = 0; j < FA_BN / 8; j++)
+            for (int e = 0; e < 4; e++) s[j][e] = 0.0f;
+        const int mi = lane >> 3, ri = lane & 7;
+        for (int kk = 0; kk < HD / 16; kk++) {
+            for (int nn = 0; nn < FA_BN / 16; nn++) {
+                int key = nn * 16 + (mi >> 1) * 8 + ri;
+                int dim = kk * 16 + (mi & 1) * 8;
+                u32 b0, b1, b2, b3;
+                ldsm_x4(smem_addr(sk + key * LDS + dim), b0, b1, b2, b3);
+                mma16816(s[2 * nn], qf[kk], b0, b1);
+                mma16816(s[2 * nn + 1], qf[kk], b2, b3);
+            }
+        }
+        float mx_a = NEG_INF, mx_b = NEG_INF;
+        for (int j = 0; j < FA_BN / 8; j++) {
+            for (int e = 0; e < 4; e++) {
+                int key = k0 + j * 8 + 2 * tq + (e & 1);
+                int pos = e < 2 ? pa : pb;
+                float v = key <= pos ? s[j][e] * scale : NEG_INF;
+                s[j][e] = v;
+            }
+            mx_a = fmaxf(mx_a, fmaxf(s[j][0], s[j][1]));
+            mx_b = fmaxf(mx_b, fmaxf(s[j][2], s[j][3]));
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffff, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffff, mx_b, 2));
+        float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        // A row with no key yet keeps 0 as its base so exp never sees -inf - -inf.
+        float base_a = mn_a == NEG_INF ? 0.0f : mn_a;
+        float base_b = mn_b == NEG_INF ? 0.0f : mn_b;
+        float corr_a = expf(m_a - base_a), corr_b = expf(m_b - base_b);
+        m_a = mn_a;
+        m_b = mn_b;
+        float sum_a = 0.0f, sum_b = 0.0f;
+        for (int j = 0; j < FA_BN / 8; j++) {
+            s[j][0] = expf(s[j][0] - base_a);
+            s[j][1] = expf(s[j][1] - base_a);
+            s[j][2] = expf(s[j][2] - base_b);
+            s[j][3] = expf(s[j][3] - base_b);
+            sum_a += s[j][0] + s[j][1];
+            sum_b += s[j][2] + s[j][3];
+        }
+        l_a = l_a * corr_a + sum_a;
+        l_b = l_b * corr_b + sum_b;
+        for (int j = 0; j < HD / 8; j++) {
+            acc[j][0] *= corr_a;
+            acc[j][1] *= corr_a;
+            acc[j][2] *= corr_b;
+            acc[j][3] *= corr_b;
+        }
+        for (int j2 = 0; j2 < FA_BN / 16; j2++) {
+            u32 pf[4];
+            pf[0] = pack_h2(s[2 * j2][0], s[2 * j2][1]);
+            pf[1] = pack_h2(s[2 * j2][2], s[2 * j2][3]);
+            pf[2] = pack_h2(s[2 * j2 + 1][0], s[2 * j2 + 1][1]);
+            pf[3] = pack_h2(s[2 * j2 + 1][2], s[2 * j2 + 1][3]);
+            for (int dn = 0; dn < HD / 16; dn++) {
+                int key = j2 * 16 + (mi & 1) * 8 + ri;
+                int dim = dn * 16 + (mi >> 1) * 8;
+                u32 b0, b1, b2, b3;
+                ldsm_x4_t(smem_addr(sv + key * LDS + dim), b0, b1, b2, b3);
+                mma16816(acc[2 * dn], pf, b0, b1);
+                mma16816(acc[2 * dn + 1], pf, b2, b3);
+            }
+        }
+    }
+    l_a += __shfl_xor_sync(0xffffffff, l_a, 1);
+    l_a += __shfl_xor_sync(0xffffffff, l_a, 2);
+    l_b += __shfl_xor_sync(0xffffffff, l_b, 1);
+    l_b += __shfl_xor_sync(0xffffffff, l_b, 2);
+    float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
+    for (int j = 0; j < HD / 8; j++) {
+        int c = j * 8 + 2 * tq;
+        if (ra < nt) *(u32*)(o + ((i64)ra * nh + h) * HD + c) = pack_h2(acc[j][0] * inv_a, acc[j][1] * inv_a);
+        if (rb < nt) *(u32*)(o + ((i64)rb * nh + h) * HD + c) = pack_h2(acc[j][2] * inv_b, acc[j][3] * inv_b);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) flash_attn_64(const u16* q, const u16* kc, const u16* vc, u16* o,
+                                                                int nt, int p0, int nh, int nkv, i64 cap, float scale) {
+    flash_attn<64>(q, kc, vc, o, nt, p0, nh, nkv, cap, scale);
+}
+extern "C" __global__ void __launch_bounds__(128) flash_attn_128(const u16* q, const u16* kc, const u16* vc, u16* o,
+                                                                 int nt, int p0, int nh, int nkv, i64 cap, float scale) {
+    flash_attn<128>(q, kc, vc, o, nt, p0, nh, nkv, cap, scale);
 }

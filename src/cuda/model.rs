@@ -15,7 +15,9 @@
 use super::gpu::{CudaError, DevMem, Dt, Gpu, Mat};
 use crate::model::forward::RopeTable;
 use crate::model::weights::Weight;
-use crate::model::{EvalOptions, Evaluator, InputSink, KvType, LlamaConfig, Model, ModelError};
+use crate::model::{
+    Decoder, DeviceScore, EvalOptions, Evaluator, InputSink, KvType, LlamaConfig, Model, ModelError,
+};
 use longquant_formats::gguf::GgufFile;
 use longquant_quants::BlockFormat;
 use rayon::prelude::*;
@@ -60,6 +62,8 @@ pub struct CudaModel<'a> {
     output_norm: DevMem,
     output: DevWeight,
     name: String,
+    /// The CUDA device.
+    ordinal: usize,
     /// Bytes of weights on the device.
     pub weight_bytes: usize,
 }
@@ -142,6 +146,7 @@ impl<'a> CudaModel<'a> {
             output_norm,
             output,
             name,
+            ordinal,
             weight_bytes,
         })
     }
@@ -200,15 +205,19 @@ impl<'a> CudaModel<'a> {
         )
     }
 
-    fn run(
+    /// Runs `tokens` at positions `pos0..` through every layer and returns the residual stream
+    /// after the last one (`n × n_embd` f32). `kv` says where K and V go; `sums` (the
+    /// [`SumLayout`] of this model) receives the per-column sums of squares of every product's
+    /// input.
+    fn forward(
         &self,
+        gpu: &Gpu,
         tokens: &[u32],
-        from: usize,
-        head: Head<'_>,
-        sink: Option<&mut dyn InputSink>,
-    ) -> Result<(), CudaError> {
+        pos0: usize,
+        kv: Kv<'_>,
+        sums: Option<&DevMem>,
+    ) -> Result<DevMem, CudaError> {
         let cfg = &self.host.config;
-        let gpu = self.gpu.lock().unwrap();
         let n = tokens.len();
         let (d, dkv, ff) = (cfg.n_embd, cfg.n_embd_kv(), cfg.n_ff);
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim);
@@ -224,13 +233,12 @@ impl<'a> CudaModel<'a> {
             .for_each(|(i, row)| embd.dequantize_row(tokens[i] as usize, row));
         let x = gpu.upload_new(&xh, "the residual stream")?;
         drop(xh);
-        let rope = RopeTable::new(cfg, self.host.weights.rope_freqs.as_deref(), 0, n).flat();
+        let rope = RopeTable::new(cfg, self.host.weights.rope_freqs.as_deref(), pos0, n).flat();
         let cs = gpu.upload_new(&rope, "the RoPE table")?;
         drop(rope);
 
         let tile = n.min(TILE);
-        let tq = tile.min(TQ);
-        let ld_max = n.next_multiple_of(8);
+        let fused = attention_kernel(hd);
         let xn = gpu.alloc(tile * d * 2, "normed activations")?;
         let qf = gpu.alloc(tile * d * 4, "queries")?;
         let kf = gpu.alloc(tile * dkv * 4, "keys")?;
@@ -241,10 +249,29 @@ impl<'a> CudaModel<'a> {
         let gf = gpu.alloc(tile * ff * 4, "FFN gate")?;
         let uf = gpu.alloc(tile * ff * 4, "FFN up")?;
         let hh = gpu.alloc(tile * ff * 2, "FFN hidden")?;
-        let kc = gpu.alloc(nkv * n * hd * 2, "the K cache")?;
-        let vc = gpu.alloc(nkv * n * hd * 2, "the V cache")?;
-        let sc = gpu.alloc(group * tq * ld_max * 4, "attention scores")?;
-        let pr = gpu.alloc(group * tq * ld_max * 2, "attention probabilities")?;
+        // A chunk from position 0 needs one layer's cache, reused by every layer.
+        let scratch_kv = match kv {
+            Kv::Scratch => Some((
+                gpu.alloc(nkv * n * hd * 2, "the K cache")?,
+                gpu.alloc(nkv * n * hd * 2, "the V cache")?,
+            )),
+            Kv::Session { .. } => None,
+        };
+        let cap = match kv {
+            Kv::Scratch => n,
+            Kv::Session { cap, .. } => cap,
+        };
+        // The unfused attention's score and probability buffers.
+        let tq = tile.min(TQ);
+        let ld_max = (pos0 + n).next_multiple_of(8);
+        let (sc, pr) = if fused.is_none() {
+            (
+                Some(gpu.alloc(group * tq * ld_max * 4, "attention scores")?),
+                Some(gpu.alloc(group * tq * ld_max * 2, "attention probabilities")?),
+            )
+        } else {
+            (None, None)
+        };
         let max_w = self
             .layers
             .iter()
@@ -257,6 +284,7 @@ impl<'a> CudaModel<'a> {
                 let m = self
                     .layers
                     .iter()
+                    .filter(|l| !l.w[i].is_f16)
                     .map(|l| l.w[i].elems())
                     .max()
                     .unwrap_or(0);
@@ -264,30 +292,20 @@ impl<'a> CudaModel<'a> {
             })
             .collect::<Result<_, _>>()?;
 
-        // Importance sums: per layer the inputs of (q, k, v), o, (gate, up), down; then the head.
-        let q_width = nh * hd;
-        let widths = [d, q_width, d, ff];
-        let per_layer: usize = widths.iter().sum();
-        // The head's sums follow every layer's.
-        let head_off = per_layer * self.layers.len();
-        let sums = match sink {
-            Some(_) => {
-                let total = head_off + d;
-                let m = gpu.alloc(total * 8, "importance sums")?;
-                gpu.zero(m.ptr, total * 8)?;
-                Some(m)
-            }
-            None => None,
-        };
+        let layout = self.sum_layout();
         let layer_sums = |il: usize, slot: usize| -> Option<u64> {
-            let off: usize = il * per_layer + widths[..slot].iter().sum::<usize>();
-            sums.as_ref().map(|m| m.at(off * 8))
+            sums.map(|m| m.at(layout.offset(il, slot) * 8))
         };
         let (i_nh, i_nkv, i_hd, i_rot) = (nh as i32, nkv as i32, hd as i32, cfg.n_rot as i32);
         for (il, l) in self.layers.iter().enumerate() {
+            let (kc, vc) = match (&kv, &scratch_kv) {
+                (Kv::Session { k, v, .. }, _) => (k[il].ptr, v[il].ptr),
+                (Kv::Scratch, Some((k, v))) => (k.ptr, v.ptr),
+                (Kv::Scratch, None) => unreachable!("a scratch cache is allocated above"),
+            };
             let mut w16 = [0u64; 7];
             for (i, w) in l.w.iter().enumerate() {
-                w16[i] = Self::f16_of(&gpu, w, &scratch[i])?;
+                w16[i] = Self::f16_of(gpu, w, &scratch[i])?;
             }
             for t0 in (0..n).step_by(tile) {
                 let nt = tile.min(n - t0);
@@ -302,97 +320,44 @@ impl<'a> CudaModel<'a> {
                 if let Some(acc) = layer_sums(il, 0) {
                     gpu.col_sumsq(xn.ptr, nt, d, acc)?;
                 }
-                Self::matmul(&gpu, w16[0], &l.w[0], xn.ptr, nt, qf.ptr)?;
-                Self::matmul(&gpu, w16[1], &l.w[1], xn.ptr, nt, kf.ptr)?;
-                Self::matmul(&gpu, w16[2], &l.w[2], xn.ptr, nt, vf.ptr)?;
-                let (nt_i, p0_i, cap) = (nt as i32, t0 as i32, n as i64);
+                Self::matmul(gpu, w16[0], &l.w[0], xn.ptr, nt, qf.ptr)?;
+                Self::matmul(gpu, w16[1], &l.w[1], xn.ptr, nt, kf.ptr)?;
+                Self::matmul(gpu, w16[2], &l.w[2], xn.ptr, nt, vf.ptr)?;
+                // Absolute position of the tile's first token; the RoPE table starts at pos0.
+                let p_tile = pos0 + t0;
+                let (nt_i, p_i, cs0, cap_i) = (nt as i32, p_tile as i32, pos0 as i32, cap as i64);
                 gpu.launch_n(
                     "rope_store",
                     nt * (nh + nkv) * (hd / 2),
                     &[
-                        &qf.ptr, &kf.ptr, &vf.ptr, &cs.ptr, &qh.ptr, &kc.ptr, &vc.ptr, &nt_i,
-                        &p0_i, &i_nh, &i_nkv, &i_hd, &i_rot, &cap,
+                        &qf.ptr, &kf.ptr, &vf.ptr, &cs.ptr, &qh.ptr, &kc, &vc, &nt_i, &p_i, &cs0,
+                        &i_nh, &i_nkv, &i_hd, &i_rot, &cap_i,
                     ],
                 )?;
-                // Attention of the tile's queries, block by block.
-                for qb0 in (t0..t0 + nt).step_by(tq) {
-                    let nq = tq.min(t0 + nt - qb0);
-                    let nk = qb0 + nq;
-                    let ld = nk.next_multiple_of(8);
-                    for g in 0..nkv {
-                        let q_at = qh.at(((qb0 - t0) * nh + g * group) * hd * 2);
-                        gpu.gemm(
-                            nq,
-                            nk,
-                            hd,
-                            scale,
-                            Mat {
-                                ptr: q_at,
-                                ld: nh * hd,
-                                stride: hd,
-                                dt: Dt::F16,
-                            },
-                            false,
-                            Mat {
-                                ptr: kc.at(g * n * hd * 2),
-                                ld: hd,
-                                stride: 0,
-                                dt: Dt::F16,
-                            },
-                            true,
-                            0.0,
-                            Mat {
-                                ptr: sc.ptr,
-                                ld,
-                                stride: nq * ld,
-                                dt: Dt::F32,
-                            },
-                            group,
+                match fused {
+                    Some(kernel) => {
+                        gpu.launch_grid(
+                            kernel,
+                            (nt.div_ceil(FA_BM) as u32, nh as u32),
+                            128,
+                            &[
+                                &qh.ptr, &kc, &vc, &ao.ptr, &nt_i, &p_i, &i_nh, &i_nkv, &cap_i,
+                                &scale,
+                            ],
                         )?;
-                        let (ld_i, nq_i, q0_i, nk_i) =
-                            (ld as i64, nq as i32, qb0 as i32, nk as i32);
-                        gpu.launch(
-                            "softmax_causal",
-                            (group * nq) as u32,
-                            256,
-                            &[&sc.ptr, &pr.ptr, &ld_i, &nq_i, &q0_i, &nk_i],
-                        )?;
-                        let o_at = ao.at(((qb0 - t0) * nh + g * group) * hd * 2);
-                        gpu.gemm(
-                            nq,
-                            hd,
-                            nk,
-                            1.0,
-                            Mat {
-                                ptr: pr.ptr,
-                                ld,
-                                stride: nq * ld,
-                                dt: Dt::F16,
-                            },
-                            false,
-                            Mat {
-                                ptr: vc.at(g * n * hd * 2),
-                                ld: hd,
-                                stride: 0,
-                                dt: Dt::F16,
-                            },
-                            false,
-                            0.0,
-                            Mat {
-                                ptr: o_at,
-                                ld: nh * hd,
-                                stride: hd,
-                                dt: Dt::F16,
-                            },
-                            group,
+                    }
+                    None => {
+                        let (sc, pr) = (sc.as_ref().unwrap(), pr.as_ref().unwrap());
+                        Self::attention_unfused(
+                            gpu, &qh, &ao, kc, vc, sc, pr, p_tile, nt, tq, cap, nh, nkv, hd, scale,
                         )?;
                     }
                 }
                 let ne = (nt * d) as i64;
                 if let Some(acc) = layer_sums(il, 1) {
-                    gpu.col_sumsq(ao.ptr, nt, q_width, acc)?;
+                    gpu.col_sumsq(ao.ptr, nt, layout.widths[1], acc)?;
                 }
-                Self::matmul(&gpu, w16[3], &l.w[3], ao.ptr, nt, of.ptr)?;
+                Self::matmul(gpu, w16[3], &l.w[3], ao.ptr, nt, of.ptr)?;
                 gpu.launch_n("add_in_place", nt * d, &[&xt, &of.ptr, &ne])?;
                 gpu.launch(
                     "rms_norm_f16",
@@ -403,20 +368,202 @@ impl<'a> CudaModel<'a> {
                 if let Some(acc) = layer_sums(il, 2) {
                     gpu.col_sumsq(xn.ptr, nt, d, acc)?;
                 }
-                Self::matmul(&gpu, w16[4], &l.w[4], xn.ptr, nt, gf.ptr)?;
-                Self::matmul(&gpu, w16[5], &l.w[5], xn.ptr, nt, uf.ptr)?;
+                Self::matmul(gpu, w16[4], &l.w[4], xn.ptr, nt, gf.ptr)?;
+                Self::matmul(gpu, w16[5], &l.w[5], xn.ptr, nt, uf.ptr)?;
                 let nf = (nt * ff) as i64;
                 gpu.launch_n("swiglu_f16", nt * ff, &[&gf.ptr, &uf.ptr, &hh.ptr, &nf])?;
                 if let Some(acc) = layer_sums(il, 3) {
                     gpu.col_sumsq(hh.ptr, nt, ff, acc)?;
                 }
-                Self::matmul(&gpu, w16[6], &l.w[6], hh.ptr, nt, of.ptr)?;
+                Self::matmul(gpu, w16[6], &l.w[6], hh.ptr, nt, of.ptr)?;
                 gpu.launch_n("add_in_place", nt * d, &[&xt, &of.ptr, &ne])?;
             }
         }
-        drop(scratch);
+        // Everything queued reads buffers dropped here.
+        gpu.sync()?;
+        Ok(x)
+    }
 
-        // Final norm and output head, TH positions at a time; scoring on the device.
+    /// Attention of the `nt` queries in `qh` (positions `p_tile..`) by cuBLAS products: per
+    /// block of `tq` queries and per KV head, scores for the keys up to the block's end, a
+    /// causal softmax to f16, and `P V` into `ao`. For head sizes the fused kernel lacks.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_unfused(
+        gpu: &Gpu,
+        qh: &DevMem,
+        ao: &DevMem,
+        kc: u64,
+        vc: u64,
+        sc: &DevMem,
+        pr: &DevMem,
+        p_tile: usize,
+        nt: usize,
+        tq: usize,
+        cap: usize,
+        nh: usize,
+        nkv: usize,
+        hd: usize,
+        scale: f32,
+    ) -> Result<(), CudaError> {
+        let group = nh / nkv;
+        for qb0 in (0..nt).step_by(tq) {
+            let nq = tq.min(nt - qb0);
+            let q_pos = p_tile + qb0;
+            let nk = q_pos + nq;
+            let ld = nk.next_multiple_of(8);
+            for g in 0..nkv {
+                let q_at = qh.at((qb0 * nh + g * group) * hd * 2);
+                gpu.gemm(
+                    nq,
+                    nk,
+                    hd,
+                    scale,
+                    Mat {
+                        ptr: q_at,
+                        ld: nh * hd,
+                        stride: hd,
+                        dt: Dt::F16,
+                    },
+                    false,
+                    Mat {
+                        ptr: kc + (g * cap * hd * 2) as u64,
+                        ld: hd,
+                        stride: 0,
+                        dt: Dt::F16,
+                    },
+                    true,
+                    0.0,
+                    Mat {
+                        ptr: sc.ptr,
+                        ld,
+                        stride: nq * ld,
+                        dt: Dt::F32,
+                    },
+                    group,
+                )?;
+                let (ld_i, nq_i, q0_i, nk_i) = (ld as i64, nq as i32, q_pos as i32, nk as i32);
+                gpu.launch(
+                    "softmax_causal",
+                    (group * nq) as u32,
+                    256,
+                    &[&sc.ptr, &pr.ptr, &ld_i, &nq_i, &q0_i, &nk_i],
+                )?;
+                let o_at = ao.at((qb0 * nh + g * group) * hd * 2);
+                gpu.gemm(
+                    nq,
+                    hd,
+                    nk,
+                    1.0,
+                    Mat {
+                        ptr: pr.ptr,
+                        ld,
+                        stride: nq * ld,
+                        dt: Dt::F16,
+                    },
+                    false,
+                    Mat {
+                        ptr: vc + (g * cap * hd * 2) as u64,
+                        ld: hd,
+                        stride: 0,
+                        dt: Dt::F16,
+                    },
+                    false,
+                    0.0,
+                    Mat {
+                        ptr: o_at,
+                        ld: nh * hd,
+                        stride: hd,
+                        dt: Dt::F16,
+                    },
+                    group,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where each product's importance sums live in one flat f64 buffer: per layer the inputs
+    /// of (q, k, v), o, (gate, up), down; the head's after every layer's.
+    fn sum_layout(&self) -> SumLayout {
+        let cfg = &self.host.config;
+        let widths = [cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_embd, cfg.n_ff];
+        SumLayout {
+            widths,
+            per_layer: widths.iter().sum(),
+            n_layers: self.layers.len(),
+            n_embd: cfg.n_embd,
+        }
+    }
+
+    /// Prepares the output head: its f16 weights and buffers for `th` positions.
+    fn head_begin(&self, gpu: &Gpu, th: usize) -> Result<HeadBuffers, CudaError> {
+        let (d, nv) = (self.host.config.n_embd, self.host.config.n_vocab);
+        let dequant = if self.output.is_f16 {
+            None
+        } else {
+            Some(gpu.alloc(self.output.elems() * 2, "the dequantized output head")?)
+        };
+        let w16 = match &dequant {
+            Some(m) => Self::f16_of(gpu, &self.output, m)?,
+            None => self.output.mem.ptr,
+        };
+        Ok(HeadBuffers {
+            _dequant: dequant,
+            w16,
+            logits: gpu.alloc(th * nv * 4, "logits")?,
+            xn: gpu.alloc(th * d * 2, "normed activations")?,
+        })
+    }
+
+    /// Final norm and output head for positions `r0..r0 + np` of the residual stream `x`
+    /// (row `i` is position `i`); the logits land in `hb.logits` (`np × n_vocab` f32).
+    fn head_tile(
+        &self,
+        gpu: &Gpu,
+        hb: &HeadBuffers,
+        x: &DevMem,
+        r0: usize,
+        np: usize,
+        sums: Option<&DevMem>,
+    ) -> Result<(), CudaError> {
+        let cfg = &self.host.config;
+        let (d, eps) = (cfg.n_embd, cfg.rms_eps);
+        let di = d as i32;
+        let xr = x.at(r0 * d * 4);
+        gpu.launch(
+            "rms_norm_f16",
+            np as u32,
+            256,
+            &[&xr, &self.output_norm.ptr, &hb.xn.ptr, &di, &eps],
+        )?;
+        if let Some(m) = sums {
+            gpu.col_sumsq(hb.xn.ptr, np, d, m.at(self.sum_layout().head_offset() * 8))?;
+        }
+        Self::matmul(gpu, hb.w16, &self.output, hb.xn.ptr, np, hb.logits.ptr)
+    }
+
+    fn run(
+        &self,
+        tokens: &[u32],
+        from: usize,
+        head: Head<'_>,
+        sink: Option<&mut dyn InputSink>,
+    ) -> Result<(), CudaError> {
+        let cfg = &self.host.config;
+        let gpu = self.gpu.lock().unwrap();
+        let n = tokens.len();
+        let layout = self.sum_layout();
+        let sums = match sink {
+            Some(_) => {
+                let m = gpu.alloc(layout.total() * 8, "importance sums")?;
+                gpu.zero(m.ptr, layout.total() * 8)?;
+                Some(m)
+            }
+            None => None,
+        };
+        let x = self.forward(&gpu, tokens, 0, Kv::Scratch, sums.as_ref())?;
+
+        // Output head, TH positions at a time; scoring on the device.
         let nv = cfg.n_vocab;
         let end = match &head {
             Head::Logits(_) => n,
@@ -424,10 +571,7 @@ impl<'a> CudaModel<'a> {
         };
         if from < end {
             let th = TH.min(end - from);
-            let head_w = gpu.alloc(self.output.elems() * 2, "the dequantized output head")?;
-            let w16 = Self::f16_of(&gpu, &self.output, &head_w)?;
-            let logits = gpu.alloc(th * nv * 4, "logits")?;
-            let xn2 = gpu.alloc(th * d * 2, "normed activations")?;
+            let hb = self.head_begin(&gpu, th)?;
             let tg = gpu.alloc(th * 4, "targets")?;
             let nl = gpu.alloc(th * 8, "NLL values")?;
             let mut host_logits = match &head {
@@ -436,23 +580,13 @@ impl<'a> CudaModel<'a> {
             };
             let mut host_nll = vec![0.0f64; th];
             let mut head = head;
-            let (di, nv_i) = (d as i32, nv as i32);
+            let nv_i = nv as i32;
             for r0 in (from..end).step_by(th) {
                 let np = th.min(end - r0);
-                let xr = x.at(r0 * d * 4);
-                gpu.launch(
-                    "rms_norm_f16",
-                    np as u32,
-                    256,
-                    &[&xr, &self.output_norm.ptr, &xn2.ptr, &di, &eps],
-                )?;
-                if let Some(m) = &sums {
-                    gpu.col_sumsq(xn2.ptr, np, d, m.at(head_off * 8))?;
-                }
-                Self::matmul(&gpu, w16, &self.output, xn2.ptr, np, logits.ptr)?;
+                self.head_tile(&gpu, &hb, &x, r0, np, sums.as_ref())?;
                 match &mut head {
                     Head::Logits(f) => {
-                        gpu.download(&mut host_logits[..np * nv], logits.ptr)?;
+                        gpu.download(&mut host_logits[..np * nv], hb.logits.ptr)?;
                         for (i, row) in host_logits[..np * nv].chunks(nv).enumerate() {
                             f(r0 + i, row);
                         }
@@ -463,7 +597,7 @@ impl<'a> CudaModel<'a> {
                             "nll_rows",
                             np as u32,
                             256,
-                            &[&logits.ptr, &tg.ptr, &nl.ptr, &nv_i],
+                            &[&hb.logits.ptr, &tg.ptr, &nl.ptr, &nv_i],
                         )?;
                         gpu.download(&mut host_nll[..np], nl.ptr)?;
                         for (i, &v) in host_nll[..np].iter().enumerate() {
@@ -474,7 +608,7 @@ impl<'a> CudaModel<'a> {
             }
         }
         if let (Some(m), Some(sink)) = (&sums, sink) {
-            let mut host = vec![0.0f64; head_off + d];
+            let mut host = vec![0.0f64; layout.total()];
             gpu.download(&mut host, m.ptr)?;
             let names: [&[&str]; 4] = [
                 &["attn_q", "attn_k", "attn_v"],
@@ -482,30 +616,242 @@ impl<'a> CudaModel<'a> {
                 &["ffn_gate", "ffn_up"],
                 &["ffn_down"],
             ];
-            let mut off = 0;
             for il in 0..self.layers.len() {
                 for (slot, group) in names.iter().enumerate() {
-                    let v = &host[off..off + widths[slot]];
+                    let off = layout.offset(il, slot);
+                    let v = &host[off..off + layout.widths[slot]];
                     for nm in group.iter() {
                         sink.sums(&format!("blk.{il}.{nm}.weight"), v, n as u64);
                     }
-                    off += widths[slot];
                 }
             }
             if end > from && !self.host.weights.tied_output {
-                sink.sums("output.weight", &host[off..off + d], (end - from) as u64);
+                let off = layout.head_offset();
+                sink.sums(
+                    "output.weight",
+                    &host[off..off + cfg.n_embd],
+                    (end - from) as u64,
+                );
             }
         }
         gpu.sync()
     }
 
+    /// Scores this model against `base` on one chunk, both on the GPU: each runs the chunk
+    /// through its layers, then tile by tile both heads run and `kld_rows` compares the two
+    /// logit rows of every position `from..from + targets.len()` where they are.
+    fn compare_run(
+        &self,
+        base: &CudaModel<'_>,
+        tokens: &[u32],
+        from: usize,
+        targets: &[u32],
+        on: &mut dyn FnMut(usize, DeviceScore),
+    ) -> Result<(), CudaError> {
+        let n = tokens.len();
+        let end = (from + targets.len()).min(n);
+        let bgpu = base.gpu.lock().unwrap();
+        let xb = base.forward(&bgpu, tokens, 0, Kv::Scratch, None)?;
+        let gpu = self.gpu.lock().unwrap();
+        let xm = self.forward(&gpu, tokens, 0, Kv::Scratch, None)?;
+        if from >= end {
+            return Ok(());
+        }
+        let nv = self.host.config.n_vocab;
+        let th = TH.min(end - from);
+        let hbb = base.head_begin(&bgpu, th)?;
+        let hbm = self.head_begin(&gpu, th)?;
+        let tg = gpu.alloc(th * 4, "targets")?;
+        let res = gpu.alloc(th * 4 * 8, "KLD values")?;
+        let mut host = vec![0.0f64; th * 4];
+        let nv_i = nv as i32;
+        for r0 in (from..end).step_by(th) {
+            let np = th.min(end - r0);
+            base.head_tile(&bgpu, &hbb, &xb, r0, np, None)?;
+            // The model's stream reads the base's logits: they must be complete.
+            bgpu.sync()?;
+            self.head_tile(&gpu, &hbm, &xm, r0, np, None)?;
+            gpu.upload(tg.ptr, &targets[r0 - from..r0 - from + np])?;
+            gpu.launch(
+                "kld_rows",
+                np as u32,
+                512,
+                &[&hbb.logits.ptr, &hbm.logits.ptr, &tg.ptr, &res.ptr, &nv_i],
+            )?;
+            gpu.download(&mut host[..np * 4], res.ptr)?;
+            for (i, r) in host[..np * 4].chunks(4).enumerate() {
+                on(
+                    r0 + i,
+                    DeviceScore {
+                        nll: r[0],
+                        nll_base: r[1],
+                        kld: r[2],
+                        same_top: r[3] != 0.0,
+                    },
+                );
+            }
+        }
+        gpu.sync()?;
+        bgpu.sync()
+    }
+
+    /// Grows a session's caches to hold `need` positions (keeping the first `len`).
+    fn grow_cache(&self, gpu: &Gpu, s: &mut SessionCache, need: usize) -> Result<(), CudaError> {
+        if need <= s.cap {
+            return Ok(());
+        }
+        let cfg = &self.host.config;
+        let cap = need
+            .max(s.cap * 2)
+            .max(1024)
+            .min(cfg.context_length.max(need));
+        let (nkv, hd) = (cfg.n_head_kv, cfg.head_dim);
+        let mut k = Vec::with_capacity(self.layers.len());
+        let mut v = Vec::with_capacity(self.layers.len());
+        for il in 0..self.layers.len() {
+            let nk = gpu.alloc(nkv * cap * hd * 2, "the K cache")?;
+            let nv = gpu.alloc(nkv * cap * hd * 2, "the V cache")?;
+            if s.len > 0 {
+                for g in 0..nkv {
+                    let bytes = s.len * hd * 2;
+                    gpu.copy(
+                        nk.at(g * cap * hd * 2),
+                        s.k[il].at(g * s.cap * hd * 2),
+                        bytes,
+                    )?;
+                    gpu.copy(
+                        nv.at(g * cap * hd * 2),
+                        s.v[il].at(g * s.cap * hd * 2),
+                        bytes,
+                    )?;
+                }
+            }
+            k.push(nk);
+            v.push(nv);
+        }
+        gpu.sync()?;
+        s.k = k;
+        s.v = v;
+        s.cap = cap;
+        Ok(())
+    }
+
+    /// Feeds `tokens` to a session at positions `s.len..` and returns the last one's logits.
+    fn session_feed(&self, s: &mut SessionCache, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.host.check_tokens(tokens, s.len)?;
+        let gpu = self.gpu.lock().unwrap();
+        let n = tokens.len();
+        let run = |s: &mut SessionCache| -> Result<Vec<f32>, CudaError> {
+            self.grow_cache(&gpu, s, s.len + n)?;
+            let x = self.forward(
+                &gpu,
+                tokens,
+                s.len,
+                Kv::Session {
+                    k: &s.k,
+                    v: &s.v,
+                    cap: s.cap,
+                },
+                None,
+            )?;
+            let hb = self.head_begin(&gpu, 1)?;
+            self.head_tile(&gpu, &hb, &x, n - 1, 1, None)?;
+            let mut out = vec![0.0f32; self.host.config.n_vocab];
+            gpu.download(&mut out, hb.logits.ptr)?;
+            Ok(out)
+        };
+        let out = run(s).map_err(dev)?;
+        s.len += n;
+        Ok(out)
+    }
+
     fn check(&self, tokens: &[u32], opts: &EvalOptions) -> Result<(), ModelError> {
         if opts.kv_type != KvType::F16 {
-            return Err(ModelError::UnsupportedFeature(
-                "the CUDA backend keeps K/V in f16 (--kv-type f32 runs on the CPU only)".into(),
-            ));
+            return Err(kv_unsupported());
         }
         self.host.check_tokens(tokens, 0)
+    }
+}
+
+/// Queries per block of the fused attention kernel.
+const FA_BM: usize = 64;
+
+/// The fused attention kernel for a head size, if there is one (`LONGQUANT_CUDA_ATTN=gemm`
+/// forces the cuBLAS path, for comparison).
+fn attention_kernel(head_dim: usize) -> Option<&'static str> {
+    if std::env::var("LONGQUANT_CUDA_ATTN").is_ok_and(|v| v == "gemm") {
+        return None;
+    }
+    match head_dim {
+        64 => Some("flash_attn_64"),
+        128 => Some("flash_attn_128"),
+        _ => None,
+    }
+}
+
+/// Where a forward pass keeps K and V.
+enum Kv<'c> {
+    /// One layer's cache for a chunk from position 0, reused by every layer.
+    Scratch,
+    /// A session's caches, one per layer, `cap` positions each.
+    Session {
+        k: &'c [DevMem],
+        v: &'c [DevMem],
+        cap: usize,
+    },
+}
+
+/// Offsets of the importance sums in one flat f64 buffer.
+struct SumLayout {
+    /// Input widths of the four product groups of a layer: (q, k, v), o, (gate, up), down.
+    widths: [usize; 4],
+    per_layer: usize,
+    n_layers: usize,
+    n_embd: usize,
+}
+
+impl SumLayout {
+    fn offset(&self, layer: usize, slot: usize) -> usize {
+        layer * self.per_layer + self.widths[..slot].iter().sum::<usize>()
+    }
+    fn head_offset(&self) -> usize {
+        self.per_layer * self.n_layers
+    }
+    fn total(&self) -> usize {
+        self.head_offset() + self.n_embd
+    }
+}
+
+/// The output head's f16 weights and per-tile buffers.
+struct HeadBuffers {
+    /// The dequantized weights, unless they are f16 already.
+    _dequant: Option<DevMem>,
+    w16: u64,
+    logits: DevMem,
+    xn: DevMem,
+}
+
+/// A decoding session's K/V caches on the device: one per layer, `[kv_head][cap][head_dim]`.
+struct SessionCache {
+    k: Vec<DevMem>,
+    v: Vec<DevMem>,
+    cap: usize,
+    len: usize,
+}
+
+/// Cached decoding on the GPU (recall): every layer's K/V stay on the device between calls.
+pub struct CudaSession<'m, 'a> {
+    model: &'m CudaModel<'a>,
+    cache: SessionCache,
+}
+
+impl Decoder for CudaSession<'_, '_> {
+    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.model.session_feed(&mut self.cache, tokens)
+    }
+
+    fn len(&self) -> usize {
+        self.cache.len
     }
 }
 
@@ -578,6 +924,57 @@ impl Evaluator for CudaModel<'_> {
     fn device_name(&self) -> String {
         self.name.clone()
     }
+
+    fn as_cuda(&self) -> Option<&CudaModel<'_>> {
+        Some(self)
+    }
+
+    fn compare_on_device(
+        &self,
+        base: &dyn Evaluator,
+        tokens: &[u32],
+        logits_from: usize,
+        targets: &[u32],
+        opts: &EvalOptions,
+        on_score: &mut dyn FnMut(usize, DeviceScore),
+    ) -> Result<bool, ModelError> {
+        // LONGQUANT_CUDA_COMPARE=host scores on the host instead (for scripts/test-cuda.sh).
+        if std::env::var("LONGQUANT_CUDA_COMPARE").is_ok_and(|v| v == "host") {
+            return Ok(false);
+        }
+        let Some(base) = base.as_cuda() else {
+            return Ok(false);
+        };
+        if base.ordinal != self.ordinal {
+            return Ok(false);
+        }
+        self.check(tokens, opts)?;
+        base.check(tokens, opts)?;
+        self.compare_run(base, tokens, logits_from, targets, on_score)
+            .map_err(dev)?;
+        Ok(true)
+    }
+
+    fn decoder(&self, opts: &EvalOptions) -> Result<Box<dyn Decoder + '_>, ModelError> {
+        if opts.kv_type != KvType::F16 {
+            return Err(kv_unsupported());
+        }
+        Ok(Box::new(CudaSession {
+            model: self,
+            cache: SessionCache {
+                k: Vec::new(),
+                v: Vec::new(),
+                cap: 0,
+                len: 0,
+            },
+        }))
+    }
+}
+
+fn kv_unsupported() -> ModelError {
+    ModelError::UnsupportedFeature(
+        "the CUDA backend keeps K/V in f16 (--kv-type f32 runs on the CPU only)".into(),
+    )
 }
 
 /// Every block format the CUDA backend dequantizes.

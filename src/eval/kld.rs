@@ -700,6 +700,23 @@ pub fn log_softmax_into(logits: &[f32], out: &mut Vec<f32>) -> usize {
     imax
 }
 
+impl PositionScore {
+    /// A position scored by the device both models live on (exact mode).
+    fn from_device(s: &crate::model::DeviceScore) -> PositionScore {
+        PositionScore {
+            nll: s.nll,
+            nll_base: s.nll_base,
+            kld: s.kld,
+            same_top: s.same_top,
+            p_diff: (-s.nll).exp() - (-s.nll_base).exp(),
+            kld_lower: s.kld,
+            kld_upper: s.kld,
+            tail_mass: 0.0,
+            tail_var: 0.0,
+        }
+    }
+}
+
 /// Scores one position against the base's full log-probs (exact mode).
 fn score_exact(
     base_lp: &[f32],
@@ -1102,6 +1119,23 @@ pub fn compare_models(
         chunk_tokens.copy_from_slice(orig);
         if let Some(b) = bos {
             chunk_tokens[0] = b;
+        }
+        if save.is_none() {
+            // Both models on one GPU: scored there, only per-position numbers come back.
+            let targets = &orig[first + 1..];
+            let on_device = model.compare_on_device(
+                base,
+                &chunk_tokens,
+                first,
+                targets,
+                &opts.eval,
+                &mut |pos, s| acc.add(pos + 1, &PositionScore::from_device(&s)),
+            )?;
+            if on_device {
+                acc.end_chunk();
+                progress(c + 1, n_chunk, &KldSnapshot::of(&acc));
+                continue;
+            }
         }
         let mut write_err: Option<KldError> = None;
         {

@@ -2,7 +2,7 @@
 //!
 //! `eval/` (perplexity, KLD, sweeps) and the `logits` command talk to an [`Evaluator`]; the
 //! CPU [`Model`] and the CUDA backend (`crate::cuda`, feature `cuda`) both implement it.
-use super::{EvalOptions, LlamaConfig, Model, ModelError};
+use super::{EvalOptions, LlamaConfig, Model, ModelError, Session, SessionOptions};
 use longquant_formats::gguf::GgufFile;
 
 /// Where a model is evaluated.
@@ -104,12 +104,77 @@ pub trait Evaluator: Sync {
         sink: &mut dyn InputSink,
     ) -> Result<(), ModelError>;
 
+    /// Scores this model against `base` on one chunk where both live, without bringing
+    /// logits to the host: `on_score(pos, score)` for every position `logits_from ..
+    /// logits_from + targets.len()`, where `targets[pos - logits_from]` is the token that
+    /// follows `pos`. `Ok(false)` (nothing called) when the two cannot be compared on one
+    /// device; the caller then runs them in lockstep on the host.
+    fn compare_on_device(
+        &self,
+        _base: &dyn Evaluator,
+        _tokens: &[u32],
+        _logits_from: usize,
+        _targets: &[u32],
+        _opts: &EvalOptions,
+        _on_score: &mut dyn FnMut(usize, DeviceScore),
+    ) -> Result<bool, ModelError> {
+        Ok(false)
+    }
+
+    /// An empty decoding session (incremental evaluation with a K/V cache), for generation.
+    fn decoder(&self, opts: &EvalOptions) -> Result<Box<dyn Decoder + '_>, ModelError>;
+
+    /// The CUDA model behind this evaluator, if it is one.
+    #[cfg(feature = "cuda")]
+    fn as_cuda(&self) -> Option<&crate::cuda::CudaModel<'_>> {
+        None
+    }
+
     /// Whether the output head is the token embedding (tied weights).
     fn tied_output(&self) -> bool;
 
     /// A short name of the device, for reports (`cpu`, `cuda:0 (NVIDIA H200)`).
     fn device_name(&self) -> String {
         "cpu".to_string()
+    }
+}
+
+/// One position of [`Evaluator::compare_on_device`]: the model's and the base's NLL of the
+/// target, `KL(base ‖ model)` and whether both put the same token first, computed as the host's
+/// exact scoring does (`eval::kld`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeviceScore {
+    /// −ln p_model(target).
+    pub nll: f64,
+    /// −ln p_base(target).
+    pub nll_base: f64,
+    /// Σ p_base ln(p_base / p_model).
+    pub kld: f64,
+    /// The two argmaxes (first maximum) agree.
+    pub same_top: bool,
+}
+
+/// Incremental evaluation: tokens fed in order, the K/V cache kept between calls.
+pub trait Decoder {
+    /// Appends `tokens` and returns the logits of the last one.
+    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError>;
+    /// Positions fed so far.
+    fn len(&self) -> usize;
+    /// Nothing fed yet.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Decoder for Session<'_, '_> {
+    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
+        let mut out = Vec::new();
+        Session::feed(self, tokens, &mut |_, logits| out = logits.to_vec())?;
+        Ok(out)
+    }
+
+    fn len(&self) -> usize {
+        Session::len(self)
     }
 }
 
@@ -162,5 +227,11 @@ impl Evaluator for Model<'_> {
 
     fn tied_output(&self) -> bool {
         self.weights.tied_output
+    }
+
+    fn decoder(&self, opts: &EvalOptions) -> Result<Box<dyn Decoder + '_>, ModelError> {
+        Ok(Box::new(self.session(SessionOptions {
+            kv_type: opts.kv_type,
+        })))
     }
 }

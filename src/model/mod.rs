@@ -16,7 +16,7 @@ pub mod weights;
 
 pub use config::LlamaConfig;
 pub use error::ModelError;
-pub use evaluator::{load_on, Device, Evaluator, InputSink};
+pub use evaluator::{load_on, Decoder, Device, DeviceScore, Evaluator, InputSink};
 pub use forward::{EvalOptions, KvType, Model, Session, SessionOptions};
 pub use weights::DequantizedTensors;
 

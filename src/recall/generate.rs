@@ -10,18 +10,7 @@ use crate::model::{EvalOptions, Model, ModelError, Session, SessionOptions};
 use crate::tokenizer::GgufTokenizer;
 use std::time::Instant;
 
-/// Something that extends a token sequence and returns the logits predicting the next token.
-pub trait Decoder {
-    /// Appends `tokens` (non-empty) to the sequence and returns the `n_vocab` logits after the
-    /// last one.
-    fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ModelError>;
-    /// Tokens in the sequence so far.
-    fn len(&self) -> usize;
-    /// Whether the sequence is empty.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub use crate::model::Decoder;
 
 /// A [`Decoder`] over a K/V-cached [`Session`]: the prompt is one batch, each later token costs
 /// one position.

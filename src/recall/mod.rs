@@ -5,9 +5,9 @@ pub mod heatmap;
 pub mod prompt;
 
 use crate::formats::gguf::Metadata;
-use crate::model::{EvalOptions, Model, ModelError};
+use crate::model::{EvalOptions, Evaluator, ModelError};
 use crate::tokenizer::GgufTokenizer;
-use generate::{generate_greedy, is_correct, is_decided, stop_tokens, Cached};
+use generate::{generate_greedy, is_correct, is_decided, stop_tokens};
 use prompt::{build_kv_prompt, cell_seed, PromptError, PromptFormat};
 
 /// Why a recall run failed.
@@ -152,9 +152,9 @@ fn frac(it: impl Iterator<Item = bool>) -> f64 {
 }
 
 /// A model to query: the forward pass, its tokenizer, its end tokens and its prompt format.
-pub struct Subject<'m, 'a> {
-    /// The model.
-    pub model: &'m Model<'a>,
+pub struct Subject<'m> {
+    /// The model, on whichever device evaluates it.
+    pub model: &'m dyn Evaluator,
     /// Its tokenizer.
     pub tokenizer: &'m GgufTokenizer,
     /// Chat template or plain prompts.
@@ -163,9 +163,9 @@ pub struct Subject<'m, 'a> {
     pub stop: Vec<u32>,
 }
 
-impl<'m, 'a> Subject<'m, 'a> {
+impl<'m> Subject<'m> {
     /// A subject from a model and the metadata of its file (chat template if it has one).
-    pub fn new(model: &'m Model<'a>, tokenizer: &'m GgufTokenizer, md: &Metadata) -> Self {
+    pub fn new(model: &'m dyn Evaluator, tokenizer: &'m GgufTokenizer, md: &Metadata) -> Self {
         let format = match crate::chat_template::ChatTemplate::from_metadata(md) {
             Some(t) => PromptFormat::Chat(t),
             None => PromptFormat::Plain,
@@ -181,16 +181,16 @@ impl<'m, 'a> Subject<'m, 'a> {
 
 /// Answers one prompt; returns (answer text, correct) and adds to the report's timings.
 fn answer(
-    s: &Subject<'_, '_>,
+    s: &Subject<'_>,
     tokens: &[u32],
     value: &str,
     settings: &RecallSettings,
     report: &mut RecallReport,
 ) -> Result<(String, bool), RecallError> {
-    let mut dec = Cached::new(s.model, settings.eval);
+    let mut dec = s.model.decoder(&settings.eval)?;
     let tok = s.tokenizer;
     let g = generate_greedy(
-        &mut dec,
+        dec.as_mut(),
         tokens,
         settings.max_new_tokens,
         &s.stop,
@@ -210,8 +210,8 @@ fn answer(
 /// answers the same task (same seed, so the same JSON object; its own tokenizer and template).
 /// `progress(done, total)` is called after each sample.
 pub fn run_recall(
-    model: &Subject<'_, '_>,
-    base: Option<&Subject<'_, '_>>,
+    model: &Subject<'_>,
+    base: Option<&Subject<'_>>,
     settings: &RecallSettings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RecallReport, RecallError> {
@@ -221,7 +221,7 @@ pub fn run_recall(
         ));
     }
     for s in std::iter::once(model).chain(base) {
-        let ctx = s.model.config.context_length;
+        let ctx = s.model.config().context_length;
         if let Some(&length) = settings.lengths.iter().find(|&&l| l > ctx) {
             return Err(RecallError::LengthAboveContext {
                 length,
