@@ -24,7 +24,8 @@
 #    is normalized differ);
 # 6. `compare` with both models on the GPU (KLD scored there, per-position numbers to the host)
 #    against the same comparison scored on the host (`LONGQUANT_CUDA_COMPARE=host`): mean KLD
-#    within 1e-3 relative (+1e-7), PPLs within 1e-6 relative, same-top within 0.1 points;
+#    within 1e-3 relative (+1e-7), PPLs within 1e-6 relative, same-top within 0.1 points; the
+#    same for `compare --base-results` (saved top-k records scored on the GPU);
 # 7. `recall --device cuda` (cached decoding on the GPU) on TINY_RECALL (default
 #    fixtures/tiny-recall; a HF folder or a GGUF) against `--device cpu` on the model's F32
 #    twin: accuracy within 0.1 and >= 0.9 for the F32 model at 1K and 4K.
@@ -145,6 +146,24 @@ print(("ok" if ok else "no"), "KLD gpu %.6g host %.6g, PPL %.6f/%.6f vs %.6f/%.6
 PY
 )
   case "$r" in ok*) pass "$(basename "$m") compare on the GPU: ${r#ok }";; *) bad "$(basename "$m") compare on the GPU: ${r#no } $(tail -1 "$W/cmp.err")";; esac
+  # Against saved base results: the records go to the GPU and are scored there.
+  "$BIN" compare --base "$ref" --model "$m" --base-device cuda --device cuda -f "$TEXT" --ctx 1024 --chunks 2 --save-base "$W/base.bin" --json >/dev/null 2>"$W/cmp.err" || bad "$(basename "$m") compare --save-base: $(tail -1 "$W/cmp.err")"
+  a=$("$BIN" compare --base-results "$W/base.bin" --model "$m" --device cuda --json 2>"$W/cmp.err")
+  b=$(LONGQUANT_CUDA_COMPARE=host "$BIN" compare --base-results "$W/base.bin" --model "$m" --device cuda --json 2>>"$W/cmp.err")
+  r=$(python3 - "$a" "$b" <<'PY'
+import json, sys
+try:
+    d, h = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+except Exception as e:
+    print("no", "no JSON:", e); sys.exit()
+da, ha = d.get("approximate") or {}, h.get("approximate") or {}
+pairs = [(d["kld_mean"], h["kld_mean"])] + [(da.get(k), ha.get(k)) for k in ("kld_lower_mean", "kld_upper_mean", "tail_mass_mean", "kld_sampling_stderr")]
+ok = bool(da) and all(x is not None and y is not None and abs(x - y) <= 1e-3 * abs(y) + 1e-7 for x, y in pairs)
+ok &= abs(d["ppl_model"] / h["ppl_model"] - 1) <= 1e-6 and abs(d["same_top_p"] - h["same_top_p"]) <= 0.1
+print(("ok" if ok else "no"), "saved base: KLD gpu %.6g host %.6g, PPL %.6f vs %.6f" % (d["kld_mean"], h["kld_mean"], d["ppl_model"], h["ppl_model"]))
+PY
+)
+  case "$r" in ok*) pass "$(basename "$m") ${r#ok }";; *) bad "$(basename "$m") ${r#no } $(tail -1 "$W/cmp.err")";; esac
 done
 echo "== recall (cached decoding on the GPU)"
 TINY_RECALL=${TINY_RECALL:-$ROOT/fixtures/tiny-recall}

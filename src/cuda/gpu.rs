@@ -99,6 +99,7 @@ const KERNEL_NAMES: &[&str] = &[
     "swiglu_f16",
     "nll_rows",
     "kld_rows",
+    "kld_saved_rows",
     "col_sumsq",
     "flash_attn_64",
     "flash_attn_128",

@@ -210,52 +210,35 @@ extern "C" __global__ void add_in_place(float* __restrict__ x, const float* __re
     if (e < n) x[e] = x[e] + y[e];
 }
 
-// Block-wide sum over 256 threads (f64), result in every thread.
-__device__ double block_sum_d(double v, double* sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+// Block-wide reduction (any block size up to 1024 threads, a multiple of 32): every thread
+// passes its value and gets the block's result; `sh` holds 32 values.
+template <class T, class Op>
+__device__ T block_reduce(T v, T identity, T* sh, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffff, v, o));
     int w = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
+    __syncthreads();  // an earlier reduction's readers of sh[0] are done
     if (lane == 0) sh[w] = v;
     __syncthreads();
-    double t = 0.0;
     if (threadIdx.x < 32) {
-        t = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
+        T t = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : identity;
+        for (int o = 16; o > 0; o >>= 1) t = op(t, __shfl_xor_sync(0xffffffff, t, o));
         if (threadIdx.x == 0) sh[0] = t;
     }
     __syncthreads();
     return sh[0];
 }
-
-__device__ float block_max_f(float v, float* sh) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float t = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : NEG_INF;
-        for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(0xffffffff, t, o));
-        if (threadIdx.x == 0) sh[0] = t;
-    }
-    __syncthreads();
-    return sh[0];
-}
-
-__device__ float block_sum_f(float v, float* sh) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    int w = threadIdx.x / 32, lane = threadIdx.x % 32;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float t = threadIdx.x < blockDim.x / 32 ? sh[threadIdx.x] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffff, t, o);
-        if (threadIdx.x == 0) sh[0] = t;
-    }
-    __syncthreads();
-    return sh[0];
-}
+struct AddOp {
+    template <class T> __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct MinOp {
+    __device__ double operator()(double a, double b) const { return fmin(a, b); }
+};
+__device__ double block_sum_d(double v, double* sh) { return block_reduce(v, 0.0, sh, AddOp()); }
+__device__ float block_sum_f(float v, float* sh) { return block_reduce(v, 0.0f, sh, AddOp()); }
+__device__ float block_max_f(float v, float* sh) { return block_reduce(v, NEG_INF, sh, MaxOp()); }
 
 // RMSNorm of each d-wide row as the CPU does it (squares summed in f64, the scale applied in
 // f32 before the gain), written as f16 for the next matrix product. One block per row.
@@ -453,6 +436,110 @@ extern "C" __global__ void kld_rows(const float* __restrict__ base, const float*
         o[1] = -(double)lbt;
         o[2] = kl;
         o[3] = ib == im ? 1.0 : 0.0;
+    }
+}
+
+// One position scored against a saved base record, as the host's `score_saved` (eval/kld.rs)
+// does: the model's max, first argmax and ln Σ exp (f32 exps, f64 sum); the exact head over the
+// record's top k; over the tail (every token not in the top k, marked in a shared bitmap) the
+// model's mass s, Σ q ln q and the smallest ln q (f64); then the bounds and the sampled (or
+// ∝ q) tail estimate. Per row the record is meta = {target ln p, tail mass, tail Σ p ln p},
+// k top (id, ln p) and k samples (id u32::MAX = none). out, 8 per row: nll, nll_base, kld,
+// lower, upper, tail variance, same top, tail mass. One block per row; nv <= 262144.
+extern "C" __global__ void kld_saved_rows(const float* __restrict__ logits,
+                                          const float* __restrict__ meta,
+                                          const u32* __restrict__ top_id,
+                                          const float* __restrict__ top_lp,
+                                          const u32* __restrict__ smp_id,
+                                          const float* __restrict__ smp_lp,
+                                          const u32* __restrict__ targets,
+                                          double* __restrict__ out, int nv, int k) {
+    __shared__ u32 mask[8192];
+    __shared__ float shv[32];
+    __shared__ int shi[32];
+    __shared__ double shd[32];
+    const int row = blockIdx.x;
+    const float* x = logits + (i64)row * nv;
+    const u32* tid = top_id + (i64)row * k;
+    const float* tlp = top_lp + (i64)row * k;
+    const u32* sid = smp_id + (i64)row * k;
+    const float* slp = smp_lp + (i64)row * k;
+    const float* mt = meta + (i64)row * 3;
+    int words = (nv + 31) / 32;
+    for (int i = threadIdx.x; i < words; i += blockDim.x) mask[i] = 0u;
+    float mx = NEG_INF;
+    int im = 0x7fffffff;
+    for (int i = threadIdx.x; i < nv; i += blockDim.x)
+        if (x[i] > mx) { mx = x[i]; im = i; }
+    block_argmax(mx, im, shv, shi);  // also orders the mask's zeroing before the marking
+    for (int j = threadIdx.x; j < k; j += blockDim.x) {
+        u32 id = tid[j];
+        if (id < (u32)nv) atomicOr(&mask[id >> 5], 1u << (id & 31));
+    }
+    double se = 0.0;
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) se += (double)expf(x[i] - mx);
+    se = block_sum_d(se, shd);  // its barriers also publish the mask
+    const double off = (double)mx + log(se);
+    double head = 0.0;
+    for (int j = threadIdx.x; j < k; j += blockDim.x) {
+        double lb = (double)tlp[j];
+        double pb = exp(lb);
+        u32 id = tid[j];
+        double lq = id < (u32)nv ? (double)x[id] - off : (double)NEG_INF;
+        if (pb > 0.0) head += pb * (lb - lq);
+    }
+    head = block_sum_d(head, shd);
+    double s = 0.0, sq = 0.0, lmin = (double)(-NEG_INF);
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+        if ((mask[i >> 5] >> (i & 31)) & 1u) continue;
+        double l = (double)x[i] - off;
+        double q = exp(l);
+        s += q;
+        if (q > 0.0) sq += q * l;
+        lmin = fmin(lmin, l);
+    }
+    s = block_sum_d(s, shd);
+    sq = block_sum_d(sq, shd);
+    lmin = block_reduce(lmin, (double)(-NEG_INF), shd, MinOp());
+    double ssum = 0.0, ssum2 = 0.0, m = 0.0;
+    for (int j = threadIdx.x; j < k; j += blockDim.x) {
+        u32 id = sid[j];
+        if (id == 0xffffffffu) continue;
+        double lq = id < (u32)nv ? (double)x[id] - off : (double)NEG_INF;
+        double v = (double)slp[j] - lq;
+        ssum += v;
+        ssum2 += v * v;
+        m += 1.0;
+    }
+    ssum = block_sum_d(ssum, shd);
+    ssum2 = block_sum_d(ssum2, shd);
+    m = block_sum_d(m, shd);
+    if (threadIdx.x == 0) {
+        double r = (double)mt[1], tail_plogp = (double)mt[2];
+        double lower = 0.0, est = 0.0, upper = 0.0, var_t = 0.0;
+        if (r > 0.0 && s > 0.0) {
+            lower = r * (log(r) - log(s));
+            if (m == 0.0) {
+                est = fmax(tail_plogp - r / s * sq, lower);
+            } else {
+                double var = fmax(ssum2 / m - (ssum / m) * (ssum / m), 0.0);
+                var_t = r * r * var / m;
+                est = r / m * ssum;
+            }
+            upper = fmax(tail_plogp - r * lmin, lower);
+            est = fmin(fmax(est, lower), upper);
+        }
+        u32 t = targets[row];
+        double lt = t < (u32)nv ? (double)x[t] : (double)NEG_INF;
+        double* o = out + (i64)row * 8;
+        o[0] = off - lt;
+        o[1] = -(double)mt[0];
+        o[2] = head + est;
+        o[3] = head + lower;
+        o[4] = head + upper;
+        o[5] = var_t;
+        o[6] = (k > 0 && (u32)im == tid[0]) ? 1.0 : 0.0;
+        o[7] = r;
     }
 }
 

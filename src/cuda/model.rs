@@ -16,7 +16,8 @@ use super::gpu::{CudaError, DevMem, Dt, Gpu, Mat};
 use crate::model::forward::RopeTable;
 use crate::model::weights::Weight;
 use crate::model::{
-    Decoder, DeviceScore, EvalOptions, Evaluator, InputSink, KvType, LlamaConfig, Model, ModelError,
+    BaseRecord, Decoder, DeviceScore, EvalOptions, Evaluator, InputSink, KvType, LlamaConfig,
+    Model, ModelError, SavedScore,
 };
 use longquant_formats::gguf::GgufFile;
 use longquant_quants::BlockFormat;
@@ -695,6 +696,118 @@ impl<'a> CudaModel<'a> {
         bgpu.sync()
     }
 
+    /// Scores this model against saved base records on one chunk: per head tile the records
+    /// go to the device and `kld_saved_rows` scores them against the logits there.
+    fn saved_run(
+        &self,
+        tokens: &[u32],
+        from: usize,
+        targets: &[u32],
+        next: &mut dyn FnMut(usize, &mut BaseRecord) -> bool,
+        on: &mut dyn FnMut(usize, SavedScore),
+    ) -> Result<(), CudaError> {
+        let n = tokens.len();
+        let end = (from + targets.len()).min(n);
+        let gpu = self.gpu.lock().unwrap();
+        let x = self.forward(&gpu, tokens, 0, Kv::Scratch, None)?;
+        if from >= end {
+            return Ok(());
+        }
+        let nv = self.host.config.n_vocab;
+        let th = TH.min(end - from);
+        let hb = self.head_begin(&gpu, th)?;
+        let mut rec = BaseRecord::default();
+        // The record size is the file's k; it is known once the first record is read.
+        let mut k = None::<usize>;
+        let mut bufs: Option<[DevMem; 6]> = None;
+        let out = gpu.alloc(th * 8 * 8, "KLD values")?;
+        let mut host_out = vec![0.0f64; th * 8];
+        let (mut meta, mut tid, mut tlp, mut sid, mut slp) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r0 in (from..end).step_by(th) {
+            let np = th.min(end - r0);
+            meta.clear();
+            tid.clear();
+            tlp.clear();
+            sid.clear();
+            slp.clear();
+            for pos in r0..r0 + np {
+                if !next(pos, &mut rec) {
+                    return Ok(()); // the caller holds the reader's error
+                }
+                let kk = *k.get_or_insert(rec.top.len());
+                meta.extend([rec.target_logp, rec.tail_mass, rec.tail_plogp]);
+                for j in 0..kk {
+                    let (i, l) = rec
+                        .top
+                        .get(j)
+                        .copied()
+                        .unwrap_or((u32::MAX, f32::NEG_INFINITY));
+                    tid.push(i);
+                    tlp.push(l);
+                    let (i, l) = rec.samples.get(j).copied().unwrap_or((u32::MAX, 0.0));
+                    sid.push(i);
+                    slp.push(l);
+                }
+            }
+            let kk = k.unwrap_or(0);
+            if bufs.is_none() {
+                let m = |b: usize| gpu.alloc(b.max(4), "saved base records");
+                bufs = Some([
+                    m(th * 3 * 4)?,
+                    m(th * kk * 4)?,
+                    m(th * kk * 4)?,
+                    m(th * kk * 4)?,
+                    m(th * kk * 4)?,
+                    m(th * 4)?,
+                ]);
+            }
+            let b = bufs.as_ref().unwrap();
+            gpu.upload(b[0].ptr, &meta)?;
+            gpu.upload(b[1].ptr, &tid)?;
+            gpu.upload(b[2].ptr, &tlp)?;
+            gpu.upload(b[3].ptr, &sid)?;
+            gpu.upload(b[4].ptr, &slp)?;
+            gpu.upload(b[5].ptr, &targets[r0 - from..r0 - from + np])?;
+            self.head_tile(&gpu, &hb, &x, r0, np, None)?;
+            let (nv_i, k_i) = (nv as i32, kk as i32);
+            gpu.launch(
+                "kld_saved_rows",
+                np as u32,
+                512,
+                &[
+                    &hb.logits.ptr,
+                    &b[0].ptr,
+                    &b[1].ptr,
+                    &b[2].ptr,
+                    &b[3].ptr,
+                    &b[4].ptr,
+                    &b[5].ptr,
+                    &out.ptr,
+                    &nv_i,
+                    &k_i,
+                ],
+            )?;
+            gpu.download(&mut host_out[..np * 8], out.ptr)?;
+            for (i, r) in host_out[..np * 8].chunks(8).enumerate() {
+                on(
+                    r0 + i,
+                    SavedScore {
+                        nll: r[0],
+                        nll_base: r[1],
+                        kld: r[2],
+                        kld_lower: r[3],
+                        kld_upper: r[4],
+                        tail_var: r[5],
+                        same_top: r[6] != 0.0,
+                        tail_mass: r[7],
+                    },
+                );
+            }
+        }
+        gpu.sync()
+    }
+
     /// Grows a session's caches to hold `need` positions (keeping the first `len`).
     fn grow_cache(&self, gpu: &Gpu, s: &mut SessionCache, need: usize) -> Result<(), CudaError> {
         if need <= s.cap {
@@ -951,6 +1064,27 @@ impl Evaluator for CudaModel<'_> {
         self.check(tokens, opts)?;
         base.check(tokens, opts)?;
         self.compare_run(base, tokens, logits_from, targets, on_score)
+            .map_err(dev)?;
+        Ok(true)
+    }
+
+    fn compare_saved_on_device(
+        &self,
+        tokens: &[u32],
+        logits_from: usize,
+        targets: &[u32],
+        opts: &EvalOptions,
+        next: &mut dyn FnMut(usize, &mut BaseRecord) -> bool,
+        on_score: &mut dyn FnMut(usize, SavedScore),
+    ) -> Result<bool, ModelError> {
+        // The kernel's shared bitmap of top-k tokens holds 2^18 ids.
+        if std::env::var("LONGQUANT_CUDA_COMPARE").is_ok_and(|v| v == "host")
+            || self.host.config.n_vocab > 1 << 18
+        {
+            return Ok(false);
+        }
+        self.check(tokens, opts)?;
+        self.saved_run(tokens, logits_from, targets, next, on_score)
             .map_err(dev)?;
         Ok(true)
     }

@@ -717,6 +717,23 @@ impl PositionScore {
     }
 }
 
+impl PositionScore {
+    /// A position scored against a saved base by the device the model lives on.
+    fn from_saved(s: &crate::model::SavedScore) -> PositionScore {
+        PositionScore {
+            nll: s.nll,
+            nll_base: s.nll_base,
+            kld: s.kld,
+            same_top: s.same_top,
+            p_diff: (-s.nll).exp() - (-s.nll_base).exp(),
+            kld_lower: s.kld_lower,
+            kld_upper: s.kld_upper,
+            tail_mass: s.tail_mass,
+            tail_var: s.tail_var,
+        }
+    }
+}
+
 /// Scores one position against the base's full log-probs (exact mode).
 fn score_exact(
     base_lp: &[f32],
@@ -748,22 +765,7 @@ fn score_exact(
     }
 }
 
-/// One scored position of a saved base: top-k (id, log-prob) sorted by log-prob descending,
-/// the target's log-prob, and the tail (everything outside the top k).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct BaseRecord {
-    /// ln p_base(target).
-    pub target_logp: f32,
-    /// Base probability mass outside the top k.
-    pub tail_mass: f32,
-    /// Σ over the tail of p ln p (≤ 0).
-    pub tail_plogp: f32,
-    /// (token id, ln p_base), most probable first.
-    pub top: Vec<(u32, f32)>,
-    /// (token id, ln p_base) of k tail tokens drawn ∝ p_base by systematic sampling (repeats
-    /// possible): `r · mean ln(p/q)` over them estimates the tail's share of the KLD without bias.
-    pub samples: Vec<(u32, f32)>,
-}
+pub use crate::model::BaseRecord;
 
 impl BaseRecord {
     /// Builds the record of one position from the base's full log-probs; `seed` picks the
@@ -1305,6 +1307,34 @@ pub fn compare_with_saved(
         }
         let mut err: Option<KldError> = None;
         let reader = &mut saved.records;
+        // On a GPU the records go to the logits: per-position results come back.
+        let on_device = {
+            let acc = &mut acc;
+            let err = &mut err;
+            model.compare_saved_on_device(
+                &chunk_tokens,
+                first,
+                &orig[first + 1..],
+                &opts.eval,
+                &mut |pos, rec| match reader.next_into(c, pos, rec) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        *err = Some(e);
+                        false
+                    }
+                },
+                &mut |pos, sc| acc.add(pos + 1, &PositionScore::from_saved(&sc)),
+            )
+        };
+        let on_device = match (on_device, err.take()) {
+            (_, Some(e)) => return Err(e),
+            (r, None) => r?,
+        };
+        if on_device {
+            acc.end_chunk();
+            progress(c + 1, n_chunk, &KldSnapshot::of(&acc));
+            continue;
+        }
         model.eval(&chunk_tokens, first, &opts.eval, &mut |pos, logits| {
             let Some(&target) = orig.get(pos + 1) else {
                 return;

@@ -121,6 +121,23 @@ pub trait Evaluator: Sync {
         Ok(false)
     }
 
+    /// Scores this model against a saved base where its logits are: `next(pos, record)` fills
+    /// the saved record of position `pos` (positions `logits_from .. logits_from +
+    /// targets.len()` in order; `false` stops the run, the caller keeps its error) and
+    /// `on_score(pos, score)` gets each result. `Ok(false)` (nothing called) when the device
+    /// cannot; the caller then scores logits on the host.
+    fn compare_saved_on_device(
+        &self,
+        _tokens: &[u32],
+        _logits_from: usize,
+        _targets: &[u32],
+        _opts: &EvalOptions,
+        _next: &mut dyn FnMut(usize, &mut BaseRecord) -> bool,
+        _on_score: &mut dyn FnMut(usize, SavedScore),
+    ) -> Result<bool, ModelError> {
+        Ok(false)
+    }
+
     /// An empty decoding session (incremental evaluation with a K/V cache), for generation.
     fn decoder(&self, opts: &EvalOptions) -> Result<Box<dyn Decoder + '_>, ModelError>;
 
@@ -151,6 +168,47 @@ pub struct DeviceScore {
     /// Σ p_base ln(p_base / p_model).
     pub kld: f64,
     /// The two argmaxes (first maximum) agree.
+    pub same_top: bool,
+}
+
+/// One scored position of a saved base (`compare --save-base`, `eval::kld`, whose
+/// `BaseRecord::from_log_probs` builds it): top-k (id, log-prob) sorted by log-prob descending,
+/// the target's log-prob, and the tail (everything outside the top k).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BaseRecord {
+    /// ln p_base(target).
+    pub target_logp: f32,
+    /// Base probability mass outside the top k.
+    pub tail_mass: f32,
+    /// Σ over the tail of p ln p (≤ 0).
+    pub tail_plogp: f32,
+    /// (token id, ln p_base), most probable first.
+    pub top: Vec<(u32, f32)>,
+    /// (token id, ln p_base) of k tail tokens drawn ∝ p_base by systematic sampling (repeats
+    /// possible): `r · mean ln(p/q)` over them estimates the tail's share of the KLD without bias.
+    pub samples: Vec<(u32, f32)>,
+}
+
+/// One position of [`Evaluator::compare_saved_on_device`], computed as the host's scoring against
+/// a saved base does (`eval::kld`): the model's NLL of the target, the KLD estimate with its
+/// bounds and its sampling variance, and whether the model's argmax is the base's first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SavedScore {
+    /// −ln p_model(target).
+    pub nll: f64,
+    /// −ln p_base(target), from the record.
+    pub nll_base: f64,
+    /// The record's base mass outside its top k.
+    pub tail_mass: f64,
+    /// The estimate: exact head plus the sampled (or ∝ q) tail term, clamped into its bounds.
+    pub kld: f64,
+    /// Lower bound of the exact KLD.
+    pub kld_lower: f64,
+    /// Upper bound.
+    pub kld_upper: f64,
+    /// Sampling variance of the tail estimate.
+    pub tail_var: f64,
+    /// The model's argmax is the base's most probable token.
     pub same_top: bool,
 }
 

@@ -16,7 +16,9 @@ pub mod weights;
 
 pub use config::LlamaConfig;
 pub use error::ModelError;
-pub use evaluator::{load_on, Decoder, Device, DeviceScore, Evaluator, InputSink};
+pub use evaluator::{
+    load_on, BaseRecord, Decoder, Device, DeviceScore, Evaluator, InputSink, SavedScore,
+};
 pub use forward::{EvalOptions, KvType, Model, Session, SessionOptions};
 pub use weights::DequantizedTensors;
 
