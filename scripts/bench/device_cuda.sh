@@ -39,6 +39,12 @@ ours() { # MODEL CTX CHUNKS
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("ours %s ctx %s x%s: PPL %.6f  %.1f tokens/s  %.2f s  peak GPU %s MiB" % (sys.argv[2].split("/")[-1], sys.argv[3], len(d["chunks"]), d["ppl"], d["tokens_per_second"], d["seconds"], open(sys.argv[4]).read().strip()))' $W/o.json $1 $2 $W/peak.txt | tee -a $R || log "FAILED: $(tail -2 $W/o.err)"
 }
 for m in Q4_K_M Q8_0 F16; do ours $W/m8.$m.gguf 8192 4; ours $W/m8.$m.gguf 65536 1; done
+log "the same with the cuBLAS attention instead of the fused kernel (LONGQUANT_CUDA_ATTN=gemm):"
+LONGQUANT_CUDA_ATTN=gemm ours $W/m8.Q4_K_M.gguf 65536 1
+log "compare at 64K, both on the GPU (F16 base, Q4_K_M model; KLD scored on the GPU):"
+t0=$(date +%s.%N)
+peak $D/longquant compare --base $W/m8.F16.gguf --model $W/m8.Q4_K_M.gguf --device cuda -f $W/big.txt --ctx 65536 --chunks 1 --json > $W/c64.json 2>$W/c64.err
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("compare 64K: KLD %.4g  same top %.2f%%  %.2f s wall (%s s in the report)  peak GPU %s MiB" % (d["kld_mean"], d["same_top_p"], float(sys.argv[3]), d["seconds"], open(sys.argv[2]).read().strip()))' $W/c64.json $W/peak.txt "$(python3 -c "import time,sys; print(time.time()-float(sys.argv[1]))" $t0)" | tee -a $R || log "compare 64K FAILED: $(tail -2 $W/c64.err)"
 log "GPU vs CPU, 32-layer Q4_K_M, ctx 512 x1:"
 $D/longquant compare --base $W/m8.Q4_K_M.gguf --model $W/m8.Q4_K_M.gguf --base-device cpu --device cuda -f $W/big.txt --ctx 512 --chunks 1 --json > $W/c.json 2>$W/c.err
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("KLD %.3g PPL gpu %.6f cpu %.6f same top %.2f%%" % (d["kld_mean"], d["ppl_model"], d["ppl_base"], d["same_top_p"]))' $W/c.json | tee -a $R || tail -3 $W/c.err
