@@ -19,8 +19,10 @@
 #![allow(unused_unsafe)]
 
 mod dot;
+mod iq4;
 mod kquant;
 mod legacy;
+mod lowbit;
 mod q8_1;
 mod rows;
 
@@ -30,6 +32,8 @@ use super::scalar::SCALAR;
 use super::Kernels;
 use crate::block::iq4_nl::BlockIQ4NL;
 use crate::block::iq4_xs::BlockIQ4XS;
+use crate::block::q2_k::BlockQ2K;
+use crate::block::q3_k::BlockQ3K;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -71,6 +75,12 @@ pub(super) static KERNELS: Kernels = Kernels {
     vec_dot_q5_1_q8_1,
     quantize_row_q8_k,
     dequantize_row_q8_k,
+    quantize_row_q2_k,
+    quantize_row_q2_k_imatrix,
+    dequantize_row_q2_k,
+    quantize_row_q3_k,
+    quantize_row_q3_k_imatrix,
+    dequantize_row_q3_k,
     quantize_row_q4_k,
     quantize_row_q4_k_imatrix,
     dequantize_row_q4_k,
@@ -83,7 +93,13 @@ pub(super) static KERNELS: Kernels = Kernels {
     quantize_row_q6_k_imatrix,
     dequantize_row_q6_k,
     vec_dot_q6_k_q8_k,
+    quantize_row_iq4_nl,
+    quantize_row_iq4_nl_imatrix,
+    dequantize_row_iq4_nl,
     vec_dot_iq4_nl_q8_0,
+    quantize_row_iq4_xs,
+    quantize_row_iq4_xs_imatrix,
+    dequantize_row_iq4_xs,
     vec_dot_iq4_xs_q8_k,
     ..SCALAR
 };
@@ -127,6 +143,12 @@ wrap! {
     vec_dot_q5_1_q8_1 = q8_1::vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32;
     quantize_row_q8_k = rows::quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]);
     dequantize_row_q8_k = rows::dequantize_row_q8_k(x: &[BlockQ8K], y: &mut [f32]);
+    quantize_row_q2_k = lowbit::quantize_row_q2_k(x: &[f32], y: &mut [BlockQ2K]);
+    quantize_row_q2_k_imatrix = lowbit::quantize_row_q2_k_imatrix(x: &[f32], y: &mut [BlockQ2K], qw: &[f32]);
+    dequantize_row_q2_k = rows::dequantize_row_q2_k(x: &[BlockQ2K], y: &mut [f32]);
+    quantize_row_q3_k = lowbit::quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3K]);
+    quantize_row_q3_k_imatrix = lowbit::quantize_row_q3_k_imatrix(x: &[f32], y: &mut [BlockQ3K], qw: &[f32]);
+    dequantize_row_q3_k = rows::dequantize_row_q3_k(x: &[BlockQ3K], y: &mut [f32]);
     quantize_row_q4_k = kquant::quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]);
     quantize_row_q4_k_imatrix = kquant::quantize_row_q4_k_imatrix(x: &[f32], y: &mut [BlockQ4K], qw: &[f32]);
     dequantize_row_q4_k = rows::dequantize_row_q4_k(x: &[BlockQ4K], y: &mut [f32]);
@@ -139,6 +161,12 @@ wrap! {
     quantize_row_q6_k_imatrix = kquant::quantize_row_q6_k_imatrix(x: &[f32], y: &mut [BlockQ6K], qw: &[f32]);
     dequantize_row_q6_k = rows::dequantize_row_q6_k(x: &[BlockQ6K], y: &mut [f32]);
     vec_dot_q6_k_q8_k = dot::vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32;
+    quantize_row_iq4_nl = iq4::quantize_row_iq4_nl(x: &[f32], y: &mut [BlockIQ4NL]);
+    quantize_row_iq4_nl_imatrix = iq4::quantize_row_iq4_nl_imatrix(x: &[f32], y: &mut [BlockIQ4NL], qw: &[f32]);
+    dequantize_row_iq4_nl = rows::dequantize_row_iq4_nl(x: &[BlockIQ4NL], y: &mut [f32]);
     vec_dot_iq4_nl_q8_0 = dot::vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32;
+    quantize_row_iq4_xs = iq4::quantize_row_iq4_xs(x: &[f32], y: &mut [BlockIQ4XS]);
+    quantize_row_iq4_xs_imatrix = iq4::quantize_row_iq4_xs_imatrix(x: &[f32], y: &mut [BlockIQ4XS], qw: &[f32]);
+    dequantize_row_iq4_xs = rows::dequantize_row_iq4_xs(x: &[BlockIQ4XS], y: &mut [f32]);
     vec_dot_iq4_xs_q8_k = dot::vec_dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32;
 }
