@@ -562,12 +562,16 @@ fn low_bit_quantizers_on_multi_block_rows() {
                 let mut got = vec![zeroed::<B>(); nb];
                 ref_fn(&x, &mut want, &qw);
                 got_fn(&x, &mut got, &qw);
-                if let Some((b, off)) = first_diff(blocks_as_bytes(&got), blocks_as_bytes(&want), size) {
+                if let Some((b, off)) =
+                    first_diff(blocks_as_bytes(&got), blocks_as_bytes(&want), size)
+                {
                     panic!("{table} quantize {fmt} with importance, {nb} blocks [{case}]: block {b} byte {off} differs");
                 }
                 plain_ref(&x, &mut want);
                 plain_got(&x, &mut got);
-                if let Some((b, off)) = first_diff(blocks_as_bytes(&got), blocks_as_bytes(&want), size) {
+                if let Some((b, off)) =
+                    first_diff(blocks_as_bytes(&got), blocks_as_bytes(&want), size)
+                {
                     panic!("{table} quantize {fmt}, {nb} blocks [{case}]: block {b} byte {off} differs");
                 }
             }

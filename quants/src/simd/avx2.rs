@@ -2,10 +2,11 @@
 //!
 //! Layout: [`kquant`] holds the K-quant row quantizers (the lane-per-sub-block scale search),
 //! [`rows`] the Q8_0/Q8_K quantizers, the dequantizers and the f16/bf16 row conversions, [`dot`]
-//! the dot products, [`legacy`] the Q4_0/Q4_1/Q5_0/Q5_1 reference quantizers. Their functions
-//! are `unsafe` `#[target_feature]` functions; this file wraps each in a safe function and
-//! collects them in [`KERNELS`]. Entries not listed there (the legacy importance-weighted
-//! quantizers, the Q2_K/Q3_K/IQ4_NL/IQ4_XS quantizers and dequantizers, the Q2_K/Q3_K dots) fall back to the scalar reference.
+//! the dot products, [`legacy`] the Q4_0/Q4_1/Q5_0/Q5_1 reference quantizers, [`lowbit`] the
+//! Q2_K/Q3_K quantizers and [`iq4`] the IQ4_NL/IQ4_XS quantizers. Their functions are `unsafe`
+//! `#[target_feature]` functions; this file wraps each in a safe function and collects them in
+//! [`KERNELS`]. Entries not listed there (the legacy importance-weighted quantizers) fall back
+//! to the scalar reference.
 //!
 //! Soundness: the wrappers are private and reachable only through [`KERNELS`], which
 //! `super::x86_64_avx2` hands out only after `is_x86_feature_detected!` has confirmed AVX2, FMA
@@ -78,9 +79,11 @@ pub(super) static KERNELS: Kernels = Kernels {
     quantize_row_q2_k,
     quantize_row_q2_k_imatrix,
     dequantize_row_q2_k,
+    vec_dot_q2_k_q8_k,
     quantize_row_q3_k,
     quantize_row_q3_k_imatrix,
     dequantize_row_q3_k,
+    vec_dot_q3_k_q8_k,
     quantize_row_q4_k,
     quantize_row_q4_k_imatrix,
     dequantize_row_q4_k,
@@ -146,9 +149,11 @@ wrap! {
     quantize_row_q2_k = lowbit::quantize_row_q2_k(x: &[f32], y: &mut [BlockQ2K]);
     quantize_row_q2_k_imatrix = lowbit::quantize_row_q2_k_imatrix(x: &[f32], y: &mut [BlockQ2K], qw: &[f32]);
     dequantize_row_q2_k = rows::dequantize_row_q2_k(x: &[BlockQ2K], y: &mut [f32]);
+    vec_dot_q2_k_q8_k = dot::vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32;
     quantize_row_q3_k = lowbit::quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3K]);
     quantize_row_q3_k_imatrix = lowbit::quantize_row_q3_k_imatrix(x: &[f32], y: &mut [BlockQ3K], qw: &[f32]);
     dequantize_row_q3_k = rows::dequantize_row_q3_k(x: &[BlockQ3K], y: &mut [f32]);
+    vec_dot_q3_k_q8_k = dot::vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32;
     quantize_row_q4_k = kquant::quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]);
     quantize_row_q4_k_imatrix = kquant::quantize_row_q4_k_imatrix(x: &[f32], y: &mut [BlockQ4K], qw: &[f32]);
     dequantize_row_q4_k = rows::dequantize_row_q4_k(x: &[BlockQ4K], y: &mut [f32]);

@@ -175,8 +175,9 @@ unsafe fn block_indices(x: *const f32, id: f32, lo: __m256, hi: __m256) -> __m12
     // SAFETY: reads x[0..32] (caller); AVX2 (caller).
     unsafe {
         let vid = _mm256_set1_ps(id);
-        let idx: [__m256i; 4] =
-            std::array::from_fn(|k| best_level(_mm256_mul_ps(vid, _mm256_loadu_ps(x.add(8 * k))), lo, hi).0);
+        let idx: [__m256i; 4] = std::array::from_fn(|k| {
+            best_level(_mm256_mul_ps(vid, _mm256_loadu_ps(x.add(8 * k))), lo, hi).0
+        });
         let low = i32x16_to_u8([idx[0], idx[1]]);
         let high = i32x16_to_u8([idx[2], idx[3]]);
         // Indices are below 16: the 16-bit shift stays inside each byte.
@@ -235,7 +236,11 @@ unsafe fn quantize_row_iq4_nl_any(x: &[f32], y: &mut [BlockIQ4NL], qw: Option<&[
     const QK: usize = iq4_nl::QK4_NL;
     assert_eq!(x.len(), y.len() * QK, "IQ4_NL quantizer: length mismatch");
     if let Some(qw) = qw {
-        assert_eq!(qw.len(), x.len(), "IQ4_NL quantizer: importance length mismatch");
+        assert_eq!(
+            qw.len(),
+            x.len(),
+            "IQ4_NL quantizer: importance length mismatch"
+        );
     }
     let full = y.len() / 8;
     // SAFETY: AVX2 (caller); each call gets 256 values and 8 blocks.

@@ -113,7 +113,11 @@ unsafe fn transpose8(r: &mut [__m256; 8]) {
 /// AVX2 must be available and `x[stride·7 + N - 1]` must be readable.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) unsafe fn transpose_groups<const N: usize>(x: *const f32, stride: usize, out: &mut [__m256; N]) {
+pub(super) unsafe fn transpose_groups<const N: usize>(
+    x: *const f32,
+    stride: usize,
+    out: &mut [__m256; N],
+) {
     for c in 0..N / 8 {
         // SAFETY: rows j = 0..8 read x[stride·j + 8c .. +8], inside the caller's bound.
         let mut r: [__m256; 8] =

@@ -206,7 +206,13 @@ unsafe fn quantize_q2_k_blocks<const W: usize, const G: usize>(
                 let sc = out.scales[j];
                 let d = d_all * f32::from(sc & 0xF);
                 let dm = m_all * f32::from(sc >> 4);
-                let v = q2_k_sub_block_levels(xb.as_ptr().add(16 * j), d, dm, &lanes[2 * b + j / 8], j % 8);
+                let v = q2_k_sub_block_levels(
+                    xb.as_ptr().add(16 * j),
+                    d,
+                    dm,
+                    &lanes[2 * b + j / 8],
+                    j % 8,
+                );
                 _mm_storeu_si128(l.as_mut_ptr().add(16 * j).cast(), v);
             }
             pack_2bit(&l, &mut out.qs);
@@ -223,7 +229,11 @@ unsafe fn quantize_q2_k_blocks<const W: usize, const G: usize>(
 unsafe fn quantize_row_q2_k_any(x: &[f32], y: &mut [BlockQ2K], qw: Option<&[f32]>) {
     assert_eq!(x.len(), y.len() * QK_K, "Q2_K quantizer: length mismatch");
     if let Some(qw) = qw {
-        assert_eq!(qw.len(), x.len(), "Q2_K quantizer: importance length mismatch");
+        assert_eq!(
+            qw.len(),
+            x.len(),
+            "Q2_K quantizer: importance length mismatch"
+        );
     }
     let block = |i: usize| &x[QK_K * i..QK_K * (i + 1)];
     let groups = y.len() / WIDE;
@@ -368,7 +378,10 @@ unsafe fn make_q3_quants_x8<const G: usize>(xt: &[[__m256; 16]; G]) -> [Q3Lanes;
                 zero: [false; 8],
             };
             let pos = _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[g], zero);
-            let s = _mm256_and_ps(_mm256_div_ps(sumlx[g], suml2[g]), _mm256_and_ps(pos, live[g]));
+            let s = _mm256_and_ps(
+                _mm256_div_ps(sumlx[g], suml2[g]),
+                _mm256_and_ps(pos, live[g]),
+            );
             _mm256_storeu_ps(out.scale.as_mut_ptr(), s);
             for i in 0..16 {
                 _mm256_storeu_ps(out.levels[i].as_mut_ptr(), lf[g][i]);

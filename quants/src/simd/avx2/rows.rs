@@ -776,20 +776,16 @@ pub(super) unsafe fn dequantize_row_q3_k(x: &[BlockQ3K], y: &mut [f32]) {
             for h in 0..2 {
                 let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * h).cast());
                 for s in 0..4 {
-                    let low = _mm256_and_si256(
-                        _mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)),
-                        m3,
-                    );
+                    let low =
+                        _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), m3);
                     // High bit 4h + s of hmask[l]: set means the level is `low`, clear means
                     // `low − 4`.
                     let bit = _mm256_and_si256(
                         _mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * h + s) as i32)),
                         one,
                     );
-                    let v = _mm256_sub_epi8(
-                        _mm256_or_si256(low, _mm256_slli_epi16::<2>(bit)),
-                        four,
-                    );
+                    let v =
+                        _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16::<2>(bit)), four);
                     let halves = [_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)];
                     for (t, part) in halves.into_iter().enumerate() {
                         let j = 8 * h + 2 * s + t;
