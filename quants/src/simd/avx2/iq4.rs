@@ -9,6 +9,9 @@
 //! [`best_level`], which finds the same table entry by counting instead of bisecting and then
 //! applies the same f32 tie test.
 
+// Indexed loops walk several lane arrays (values, weights, levels, groups) with one index.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use half::f16;

@@ -19,6 +19,9 @@
 //! `make_qp_quants`/`make_qx_quants` over the scales) call the scalar helpers that the
 //! references use.
 
+// Indexed loops walk several lane arrays (values, weights, levels, groups) with one index.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use crate::block::kquant_common::GROUP_MAX_EPS;
