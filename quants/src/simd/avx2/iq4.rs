@@ -6,7 +6,7 @@
 //! blocks of an IQ4_XS super-block, or eight consecutive IQ4_NL blocks (each with its own
 //! σ², as in the reference where every IQ4_NL block is its own "super-block"). Every lane runs
 //! the reference's operations in its order; the nearest-level search `best_index_int8` becomes
-//! [`best_level`], which finds the same table entry by counting instead of bisecting and then
+//! [`best_level`], a branch-free search that finds the same pair of table entries and then
 //! applies the same f32 tie test.
 
 // Indexed loops walk several lane arrays (values, weights, levels, groups) with one index.
@@ -24,59 +24,79 @@ use crate::QK_K;
 use super::kquant::{abs_v, transpose_groups};
 use super::lowbit::i32x16_to_u8;
 
-/// The sixteen levels as f32: `(levels 0..8, levels 8..16)`.
+/// The levels that the third and fourth search steps look up, as f32: `even[k]` = level
+/// `4k + 2` (`k < 4`), `odd[k]` = level `2k + 1`.
+#[derive(Clone, Copy)]
+struct Levels {
+    even: __m256,
+    odd: __m256,
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn level_tables() -> (__m256, __m256) {
-    let v = KVALUES_IQ4NL.map(f32::from);
-    // SAFETY: reads v[0..8] and v[8..16] of a 16-element local array; AVX2 (caller).
+unsafe fn level_tables() -> Levels {
+    let v = |i: usize| f32::from(KVALUES_IQ4NL[i]);
+    let even = [v(2), v(6), v(10), v(14), 0.0, 0.0, 0.0, 0.0];
+    let odd: [f32; 8] = std::array::from_fn(|k| v(2 * k + 1));
+    // SAFETY: reads two 8-element local arrays; AVX2 (caller).
     unsafe {
-        (
-            _mm256_loadu_ps(v.as_ptr()),
-            _mm256_loadu_ps(v.as_ptr().add(8)),
-        )
+        Levels {
+            even: _mm256_loadu_ps(even.as_ptr()),
+            odd: _mm256_loadu_ps(odd.as_ptr()),
+        }
     }
 }
 
 /// Lane-wise `best_index_int8(KVALUES_IQ4NL, x)`: the index (as i32) and the level (as f32).
 ///
-/// The bisection of the reference ends at the `mu` with `val[mu-1] <= x < val[mu]`; for a
-/// strictly ascending table that is `1 + #{k in 1..15 : !(x < val[k])}` (a NaN counts every
-/// entry, giving 15, where the bisection also ends). Then the same `x - val[mu-1] <
-/// val[mu] - x` test in f32, and the two end cases first, as in the reference.
+/// The reference bisects to the `mu` with `val[mu-1] <= x < val[mu]` and then keeps `mu - 1`
+/// if `x - val[mu-1] < val[mu] - x` (in f32), else `mu`. Here a branch-free four-step search
+/// over the ascending table finds `t = mu - 1`, the largest `k` with `!(x < val[k])` (steps of
+/// 8, 4, 2, 1; `val[0]` is never compared, so `t = 0` below `val[1]`), keeping `a = val[t]`
+/// (the value of the last step that passed, `val[0]` if none did) and `b = val[t + 1]` (the
+/// value of the last step that failed, `val[15]` if none did); then the same tie test. The two
+/// end cases need no branch: for `x <= val[0]` the test keeps `a = val[0]` (index 0), for
+/// `x >= val[15]` (and for NaN, which passes every `!(x < v)`) `a = b = val[15]` (index 15),
+/// which is what the reference returns.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn best_level(x: __m256, lo: __m256, hi: __m256) -> (__m256i, __m256) {
+unsafe fn best_level(x: __m256, lv: Levels) -> (__m256i, __m256) {
     // SAFETY: register-only intrinsics; AVX2 (caller).
     unsafe {
-        let mut mu = _mm256_set1_epi32(1);
-        for &v in &KVALUES_IQ4NL[1..15] {
-            let ge = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, _mm256_set1_ps(f32::from(v)));
-            // A true mask is −1: subtracting it counts the entry.
-            mu = _mm256_sub_epi32(mu, _mm256_castps_si256(ge));
-        }
-        let lookup = |idx: __m256i| {
-            let upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
-            _mm256_blendv_ps(
-                _mm256_permutevar8x32_ps(lo, idx),
-                _mm256_permutevar8x32_ps(hi, idx),
-                upper,
-            )
-        };
-        let below = _mm256_sub_epi32(mu, _mm256_set1_epi32(1));
-        let a = lookup(below);
-        let b = lookup(mu);
+        let v = |i: usize| _mm256_set1_ps(f32::from(KVALUES_IQ4NL[i]));
+        let ge = |c: __m256| _mm256_cmp_ps::<_CMP_NLT_UQ>(x, c);
+        let step =
+            |m: __m256, k: i32| _mm256_and_si256(_mm256_castps_si256(m), _mm256_set1_epi32(k));
+        // Step 8.
+        let c = ge(v(8));
+        let mut t = step(c, 8);
+        let mut a = _mm256_blendv_ps(v(0), v(8), c);
+        let mut b = _mm256_blendv_ps(v(8), v(15), c);
+        // Step 4: val[t + 4] is val[4] or val[12].
+        let w = _mm256_blendv_ps(v(4), v(12), c);
+        let c = ge(w);
+        t = _mm256_add_epi32(t, step(c, 4));
+        a = _mm256_blendv_ps(a, w, c);
+        b = _mm256_blendv_ps(w, b, c);
+        // Step 2: val[t + 2] = even[t / 4].
+        let w = _mm256_permutevar8x32_ps(lv.even, _mm256_srli_epi32::<2>(t));
+        let c = ge(w);
+        t = _mm256_add_epi32(t, step(c, 2));
+        a = _mm256_blendv_ps(a, w, c);
+        b = _mm256_blendv_ps(w, b, c);
+        // Step 1: val[t + 1] = odd[t / 2].
+        let w = _mm256_permutevar8x32_ps(lv.odd, _mm256_srli_epi32::<1>(t));
+        let c = ge(w);
+        t = _mm256_add_epi32(t, step(c, 1));
+        a = _mm256_blendv_ps(a, w, c);
+        b = _mm256_blendv_ps(w, b, c);
         let take_below = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_sub_ps(x, a), _mm256_sub_ps(b, x));
-        let mut idx = _mm256_add_epi32(mu, _mm256_castps_si256(take_below));
-        let mut q = _mm256_blendv_ps(b, a, take_below);
-        let first = _mm256_set1_ps(f32::from(KVALUES_IQ4NL[0]));
-        let last = _mm256_set1_ps(f32::from(KVALUES_IQ4NL[15]));
-        let at_last = _mm256_cmp_ps::<_CMP_GE_OQ>(x, last);
-        idx = _mm256_blendv_epi8(idx, _mm256_set1_epi32(15), _mm256_castps_si256(at_last));
-        q = _mm256_blendv_ps(q, last, at_last);
-        let at_first = _mm256_cmp_ps::<_CMP_LE_OQ>(x, first);
-        idx = _mm256_blendv_epi8(idx, _mm256_setzero_si256(), _mm256_castps_si256(at_first));
-        q = _mm256_blendv_ps(q, first, at_first);
+        let q = _mm256_blendv_ps(b, a, take_below);
+        // t + 1, or t where the lower entry is kept (the mask is −1); t + 1 = 16 only where
+        // a = b = val[15].
+        let up = _mm256_add_epi32(t, _mm256_set1_epi32(1));
+        let idx = _mm256_add_epi32(up, _mm256_castps_si256(take_below));
+        let idx = _mm256_min_epi32(idx, _mm256_set1_epi32(15));
         (idx, q)
     }
 }
@@ -89,7 +109,7 @@ unsafe fn search_x8(xt: &[__m256; 32], wt: &[__m256; 32]) -> [f32; 8] {
     // SAFETY: register-only intrinsics apart from a store into a local array; AVX2 (caller).
     unsafe {
         let zero = _mm256_setzero_ps();
-        let (lo, hi) = level_tables();
+        let lv = level_tables();
         // Lane: the value of largest magnitude; the first one wins on ties (strict `>`).
         let mut amax = zero;
         let mut max = zero;
@@ -105,7 +125,7 @@ unsafe fn search_x8(xt: &[__m256; 32], wt: &[__m256; 32]) -> [f32; 8] {
             let mut sumqx = zero;
             let mut sumq2 = zero;
             for (&x, &w) in xt.iter().zip(wt) {
-                let (_, q) = best_level(_mm256_mul_ps(id, x), lo, hi);
+                let (_, q) = best_level(_mm256_mul_ps(id, x), lv);
                 let wq = _mm256_mul_ps(w, q);
                 sumqx = _mm256_add_ps(sumqx, _mm256_mul_ps(wq, x));
                 sumq2 = _mm256_add_ps(sumq2, _mm256_mul_ps(wq, q));
@@ -174,12 +194,12 @@ unsafe fn weights(xt: &[__m256; 32], qwt: Option<&[__m256; 32]>, sigma2: __m256)
 /// AVX2 must be available and `x[..32]` readable.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn block_indices(x: *const f32, id: f32, lo: __m256, hi: __m256) -> __m128i {
+unsafe fn block_indices(x: *const f32, id: f32, lv: Levels) -> __m128i {
     // SAFETY: reads x[0..32] (caller); AVX2 (caller).
     unsafe {
         let vid = _mm256_set1_ps(id);
         let idx: [__m256i; 4] = std::array::from_fn(|k| {
-            best_level(_mm256_mul_ps(vid, _mm256_loadu_ps(x.add(8 * k))), lo, hi).0
+            best_level(_mm256_mul_ps(vid, _mm256_loadu_ps(x.add(8 * k))), lv).0
         });
         let low = i32x16_to_u8([idx[0], idx[1]]);
         let high = i32x16_to_u8([idx[2], idx[3]]);
@@ -218,12 +238,12 @@ unsafe fn quantize_iq4_nl_x8(x: &[f32], qw: Option<&[f32]>, y: &mut [BlockIQ4NL]
             None => weights(&xt, None, sigma2),
         };
         let scales = search_x8(&xt, &wt);
-        let (lo, hi) = level_tables();
+        let lv = level_tables();
         for (j, yb) in y.iter_mut().enumerate() {
             let s = scales[j];
             yb.d = f16::from_f32(s);
             let id = if s != 0.0 { 1.0 / s } else { 0.0 };
-            let q = block_indices(x.as_ptr().add(32 * j), id, lo, hi);
+            let q = block_indices(x.as_ptr().add(32 * j), id, lv);
             _mm_storeu_si128(yb.qs.as_mut_ptr().cast(), q);
         }
     }
@@ -329,9 +349,9 @@ unsafe fn quantize_iq4_xs_block(x: &[f32], qw: Option<&[f32]>, y: &mut BlockIQ4X
         y.d = xs.d;
         y.scales_h = xs.scales_h;
         y.scales_l = xs.scales_l;
-        let (lo, hi) = level_tables();
+        let lv = level_tables();
         for ib in 0..8 {
-            let q = block_indices(x.as_ptr().add(32 * ib), xs.idl[ib], lo, hi);
+            let q = block_indices(x.as_ptr().add(32 * ib), xs.idl[ib], lv);
             _mm_storeu_si128(y.qs.as_mut_ptr().add(16 * ib).cast(), q);
         }
     }
@@ -377,5 +397,75 @@ pub(super) unsafe fn quantize_row_iq4_xs_imatrix(x: &[f32], y: &mut [BlockIQ4XS]
     {
         // SAFETY: AVX2 (caller); xb and wb hold one super-block each.
         unsafe { quantize_iq4_xs_block(xb, Some(wb), yb) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::iq4_nl::best_index_int8;
+
+    /// Every table entry, the midpoints between neighbours and the f32 values around them, a
+    /// grid across and beyond the table, infinities and NaN: [`best_level`] must pick the
+    /// entry `best_index_int8` picks.
+    #[test]
+    fn best_level_matches_best_index_int8() {
+        if !crate::simd::cpu::features().avx2_fma_f16c() {
+            eprintln!("note: no AVX2+FMA+F16C on this host; best_level not checked");
+            return;
+        }
+        let mut xs: Vec<f32> = vec![f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, 0.0];
+        for i in -4000..=4000 {
+            xs.push(i as f32 * 0.0625);
+        }
+        for w in KVALUES_IQ4NL.windows(2) {
+            let (a, b) = (f32::from(w[0]), f32::from(w[1]));
+            for c in [a, b, 0.5 * (a + b)] {
+                let mut lo = c;
+                let mut hi = c;
+                for _ in 0..8 {
+                    xs.push(lo);
+                    xs.push(hi);
+                    lo = f32::from_bits(if lo > 0.0 {
+                        lo.to_bits() - 1
+                    } else {
+                        lo.to_bits() + 1
+                    });
+                    hi = f32::from_bits(if hi >= 0.0 {
+                        hi.to_bits() + 1
+                    } else {
+                        hi.to_bits() - 1
+                    });
+                }
+            }
+        }
+        for chunk in xs.chunks(8) {
+            let mut v = [0.0f32; 8];
+            v[..chunk.len()].copy_from_slice(chunk);
+            let mut idx = [0i32; 8];
+            let mut q = [0.0f32; 8];
+            // SAFETY: AVX2, FMA and F16C were detected above; stores go to 8-element arrays.
+            unsafe {
+                let (i, l) = best_level(_mm256_loadu_ps(v.as_ptr()), level_tables());
+                _mm256_storeu_si256(idx.as_mut_ptr().cast(), i);
+                _mm256_storeu_ps(q.as_mut_ptr(), l);
+            }
+            for j in 0..8 {
+                let want = best_index_int8(&KVALUES_IQ4NL, v[j]);
+                assert_eq!(
+                    idx[j],
+                    i32::from(want),
+                    "x = {:e} ({:#x})",
+                    v[j],
+                    v[j].to_bits()
+                );
+                assert_eq!(
+                    q[j],
+                    f32::from(KVALUES_IQ4NL[usize::from(want)]),
+                    "x = {:e}",
+                    v[j]
+                );
+            }
+        }
     }
 }
