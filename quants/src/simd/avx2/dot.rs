@@ -7,11 +7,11 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::rows::q6_k_half_levels;
+use super::rows::{q3_k_scales, q6_k_half_levels};
 use crate::block::iq4_nl::{BlockIQ4NL, KVALUES_IQ4NL};
 use crate::block::iq4_xs::BlockIQ4XS;
 use crate::block::q2_k::BlockQ2K;
-use crate::block::q3_k::{unpack_scales as unpack_q3_k_scales, BlockQ3K};
+use crate::block::q3_k::BlockQ3K;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -623,7 +623,7 @@ pub(super) unsafe fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
         let one = _mm256_set1_epi8(1);
         let mut acc = _mm256_setzero_ps();
         for (xb, yb) in x.iter().zip(y) {
-            let sc = unpack_q3_k_scales(&xb.scales);
+            let sc = q3_k_scales(&xb.scales);
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr().cast()));
             let bs = _mm256_loadu_si256(yb.bsums.as_ptr().cast());
             let corr = _mm256_slli_epi32::<2>(_mm256_madd_epi16(sc16, bs));

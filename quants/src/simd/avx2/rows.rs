@@ -12,7 +12,7 @@ use crate::block::iq4_nl::{BlockIQ4NL, KVALUES_IQ4NL};
 use crate::block::iq4_xs::BlockIQ4XS;
 use crate::block::kquant_common::get_scale_min_k4;
 use crate::block::q2_k::BlockQ2K;
-use crate::block::q3_k::{unpack_scales as unpack_q3_k_scales, BlockQ3K};
+use crate::block::q3_k::BlockQ3K;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -752,6 +752,40 @@ pub(super) unsafe fn dequantize_row_q2_k(x: &[BlockQ2K], y: &mut [f32]) {
     }
 }
 
+/// Q3_K's sixteen 6-bit scales, unbiased (`-32..32`), as i8 lanes in sub-block order (the
+/// vector form of `unpack_scales` in `block/q3_k.rs`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn q3_k_scales(s: &[u8; 12]) -> [i8; 16] {
+    let mut b = [0u8; 16];
+    b[..12].copy_from_slice(s);
+    let mut out = [0i8; 16];
+    // SAFETY: reads and writes 16-byte local arrays; AVX2 (caller).
+    unsafe {
+        let v = _mm_loadu_si128(b.as_ptr().cast());
+        let m4 = _mm_set1_epi8(0x0f);
+        // Low nibbles: scales 0..8 from the low halves of bytes 0..8, 8..16 from the high halves.
+        let lo = _mm_unpacklo_epi64(
+            _mm_and_si128(v, m4),
+            _mm_and_si128(_mm_srli_epi16::<4>(v), m4),
+        );
+        // Top two bits of scale j: bits 2(j/4).. of byte 8 + j%4. Every lane gets its byte,
+        // then each group of four lanes takes the copy shifted by its 2(j/4) (a 16-bit shift
+        // by at most 6 brings no bits from the neighbouring byte into the two kept ones).
+        let h = _mm_shuffle_epi8(
+            v,
+            _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11),
+        );
+        let h = _mm_blend_epi32::<0b0010>(h, _mm_srli_epi16::<2>(h));
+        let h = _mm_blend_epi32::<0b0100>(h, _mm_srli_epi16::<4>(h));
+        let h = _mm_blend_epi32::<0b1000>(h, _mm_srli_epi16::<6>(h));
+        let hi = _mm_and_si128(h, _mm_set1_epi8(3));
+        let sc = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16::<4>(hi)), _mm_set1_epi8(32));
+        _mm_storeu_si128(out.as_mut_ptr().cast(), sc);
+    }
+    out
+}
+
 /// Q3_K dequantizer: `d·(sc − 32) · (q − 4)` per 16-weight sub-block.
 ///
 /// # Safety
@@ -765,7 +799,8 @@ pub(super) unsafe fn dequantize_row_q3_k(x: &[BlockQ3K], y: &mut [f32]) {
     );
     for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
         let d_all = xb.d.to_f32();
-        let sc = unpack_q3_k_scales(&xb.scales);
+        // SAFETY: AVX2 (caller).
+        let sc = unsafe { q3_k_scales(&xb.scales) };
         // SAFETY: reads xb.qs[32h..][..32], xb.hmask[..32], writes yb[128h + 32s ..][..32],
         // h < 2, s < 4; AVX2 (caller).
         unsafe {
