@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::{bf16, f16};
-use longquant_quants::block::{self, q4_k, q5_k, q6_k, q8_0, q8_k, Block};
+use longquant_quants::block::{
+    self, iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k, q8_0, q8_k, Block,
+};
 use longquant_quants::simd;
 use longquant_quants::{tensor, BlockFormat};
 
@@ -66,11 +68,24 @@ fn bench_quantize(c: &mut Criterion) {
         q!("Q4_K", quantize_row_q4_k, q4_k::BlockQ4K);
         q!("Q5_K", quantize_row_q5_k, q5_k::BlockQ5K);
         q!("Q6_K", quantize_row_q6_k, q6_k::BlockQ6K);
+        q!("Q2_K", quantize_row_q2_k, q2_k::BlockQ2K);
+        q!("Q3_K", quantize_row_q3_k, q3_k::BlockQ3K);
+        q!("IQ4_NL", quantize_row_iq4_nl, iq4_nl::BlockIQ4NL);
+        q!("IQ4_XS", quantize_row_iq4_xs, iq4_xs::BlockIQ4XS);
         let qw: Vec<f32> = data(N, 9).iter().map(|v| v * v + 0.1).collect();
-        let mut y = zeroed::<q4_k::BlockQ4K>(N / 256);
-        g.bench_function(BenchmarkId::new("Q4_K+imatrix", name), |b| {
-            b.iter(|| (k.quantize_row_q4_k_imatrix)(black_box(&x), &mut y, &qw))
-        });
+        macro_rules! qi {
+            ($fmt:literal, $f:ident, $b:ty) => {{
+                let mut y = zeroed::<$b>(N / <$b as Block>::BLOCK_SIZE);
+                g.bench_function(BenchmarkId::new(concat!($fmt, "+imatrix"), name), |b| {
+                    b.iter(|| (k.$f)(black_box(&x), &mut y, &qw))
+                });
+            }};
+        }
+        qi!("Q4_K", quantize_row_q4_k_imatrix, q4_k::BlockQ4K);
+        qi!("Q2_K", quantize_row_q2_k_imatrix, q2_k::BlockQ2K);
+        qi!("Q3_K", quantize_row_q3_k_imatrix, q3_k::BlockQ3K);
+        qi!("IQ4_NL", quantize_row_iq4_nl_imatrix, iq4_nl::BlockIQ4NL);
+        qi!("IQ4_XS", quantize_row_iq4_xs_imatrix, iq4_xs::BlockIQ4XS);
     }
     g.finish();
 }
@@ -86,6 +101,10 @@ fn bench_quantize_tensor(c: &mut Criterion) {
         BlockFormat::Q4_K,
         BlockFormat::Q5_K,
         BlockFormat::Q6_K,
+        BlockFormat::Q2_K,
+        BlockFormat::Q3_K,
+        BlockFormat::IQ4_NL,
+        BlockFormat::IQ4_XS,
     ] {
         let Some(bytes) = fmt.row_size(N) else {
             continue;
@@ -152,6 +171,22 @@ fn bench_dot(c: &mut Criterion) {
             dequantize_row_q8_0,
             vec_dot_q8_0_q8_0,
             &a80[..]
+        );
+        qdot!(
+            "Q2_K",
+            q2_k::BlockQ2K,
+            quantize_row_q2_k,
+            dequantize_row_q2_k,
+            vec_dot_q2_k_q8_k,
+            &a8k[..]
+        );
+        qdot!(
+            "Q3_K",
+            q3_k::BlockQ3K,
+            quantize_row_q3_k,
+            dequantize_row_q3_k,
+            vec_dot_q3_k_q8_k,
+            &a8k[..]
         );
         qdot!(
             "Q4_K",

@@ -11,7 +11,8 @@
 
 use half::{bf16, f16};
 use longquant_quants::block::{
-    self, blocks_as_bytes, iq4_nl, iq4_xs, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_k,
+    self, blocks_as_bytes, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k,
+    q8_0, q8_k,
 };
 use longquant_quants::simd::{self, Kernels};
 
@@ -166,6 +167,28 @@ fn cases(n: usize, block: usize, seed: u64) -> Vec<(&'static str, Vec<f32>)> {
         }
     }
     out.push(("mixed regimes", mixed));
+    // 16-weight sub-blocks (Q2_K, Q3_K) that are all zero, tiny or constant beside ordinary
+    // ones, and sub-blocks holding one value of each sign.
+    out.push((
+        "16-weight sub-block regimes",
+        (0..n)
+            .map(|i| match (i / 16) % 5 {
+                0 => 0.0,
+                1 => r.gauss(),
+                2 => 1e-17 * r.gauss(),
+                3 => -0.75,
+                _ => {
+                    if i % 16 == 3 {
+                        2.0
+                    } else if i % 16 == 9 {
+                        -1.0
+                    } else {
+                        0.0
+                    }
+                }
+            })
+            .collect(),
+    ));
     // Signed zeros: which zero a min/max/absmax search keeps decides the sign bits of the
     // stored f16 scale and min (blocks of ±0 only, and ±0 beside positive or negative values).
     out.push((
@@ -372,6 +395,13 @@ fn finite_d_iq4_nl(b: &mut iq4_nl::BlockIQ4NL, r: &mut Rng) {
 fn finite_d_iq4_xs(b: &mut iq4_xs::BlockIQ4XS, r: &mut Rng) {
     b.d = r.f16_scale();
 }
+fn finite_d_q2_k(b: &mut q2_k::BlockQ2K, r: &mut Rng) {
+    b.d = r.f16_scale();
+    b.dmin = r.f16_scale();
+}
+fn finite_d_q3_k(b: &mut q3_k::BlockQ3K, r: &mut Rng) {
+    b.d = r.f16_scale();
+}
 fn finite_d_q6_k(b: &mut q6_k::BlockQ6K, r: &mut Rng) {
     b.d = r.f16_scale();
 }
@@ -459,6 +489,164 @@ fn q6_k_quantizer_is_bit_identical() {
             k.quantize_row_q6_k,
             q6_k::quantize_row_q6_k_ref,
             9,
+        );
+    }
+}
+
+#[test]
+fn q2_k_quantizer_is_bit_identical() {
+    for (t, k) in tables() {
+        check_quantizer(
+            t,
+            "Q2_K",
+            k.quantize_row_q2_k,
+            q2_k::quantize_row_q2_k_ref,
+            50,
+        );
+    }
+}
+
+#[test]
+fn q3_k_quantizer_is_bit_identical() {
+    for (t, k) in tables() {
+        check_quantizer(
+            t,
+            "Q3_K",
+            k.quantize_row_q3_k,
+            q3_k::quantize_row_q3_k_ref,
+            51,
+        );
+    }
+}
+
+#[test]
+fn iq4_quantizers_are_bit_identical() {
+    for (t, k) in tables() {
+        check_quantizer(
+            t,
+            "IQ4_NL",
+            k.quantize_row_iq4_nl,
+            iq4_nl::quantize_row_iq4_nl,
+            52,
+        );
+        check_quantizer(
+            t,
+            "IQ4_XS",
+            k.quantize_row_iq4_xs,
+            iq4_xs::quantize_row_iq4_xs_ref,
+            53,
+        );
+    }
+}
+
+/// Rows of several blocks (odd counts, so the SIMD drivers' grouped and leftover paths both
+/// run) against the reference, whole-row calls: the quantizers must not depend on how a row
+/// is cut into groups.
+#[test]
+fn low_bit_quantizers_on_multi_block_rows() {
+    fn rows<B: block::Block>(
+        table: &str,
+        fmt: &str,
+        got_fn: fn(&[f32], &mut [B], &[f32]),
+        ref_fn: fn(&[f32], &mut [B], &[f32]),
+        plain_got: fn(&[f32], &mut [B]),
+        plain_ref: fn(&[f32], &mut [B]),
+        seed: u64,
+    ) {
+        for nb in [1usize, 2, 3, 7, 9, 13, 17] {
+            let n = nb * B::BLOCK_SIZE;
+            let qw = importance(n, seed ^ nb as u64);
+            for (case, x) in cases(n, B::BLOCK_SIZE, seed + nb as u64) {
+                let size = std::mem::size_of::<B>();
+                let mut want = vec![zeroed::<B>(); nb];
+                let mut got = vec![zeroed::<B>(); nb];
+                ref_fn(&x, &mut want, &qw);
+                got_fn(&x, &mut got, &qw);
+                if let Some((b, off)) =
+                    first_diff(blocks_as_bytes(&got), blocks_as_bytes(&want), size)
+                {
+                    panic!("{table} quantize {fmt} with importance, {nb} blocks [{case}]: block {b} byte {off} differs");
+                }
+                plain_ref(&x, &mut want);
+                plain_got(&x, &mut got);
+                if let Some((b, off)) =
+                    first_diff(blocks_as_bytes(&got), blocks_as_bytes(&want), size)
+                {
+                    panic!("{table} quantize {fmt}, {nb} blocks [{case}]: block {b} byte {off} differs");
+                }
+            }
+        }
+    }
+    for (t, k) in tables() {
+        rows(
+            t,
+            "Q2_K",
+            k.quantize_row_q2_k_imatrix,
+            q2_k::quantize_row_q2_k_imatrix,
+            k.quantize_row_q2_k,
+            q2_k::quantize_row_q2_k_ref,
+            60,
+        );
+        rows(
+            t,
+            "Q3_K",
+            k.quantize_row_q3_k_imatrix,
+            q3_k::quantize_row_q3_k_imatrix,
+            k.quantize_row_q3_k,
+            q3_k::quantize_row_q3_k_ref,
+            61,
+        );
+        rows(
+            t,
+            "IQ4_NL",
+            k.quantize_row_iq4_nl_imatrix,
+            iq4_nl::quantize_row_iq4_nl_imatrix,
+            k.quantize_row_iq4_nl,
+            iq4_nl::quantize_row_iq4_nl,
+            62,
+        );
+        rows(
+            t,
+            "IQ4_XS",
+            k.quantize_row_iq4_xs_imatrix,
+            iq4_xs::quantize_row_iq4_xs_imatrix,
+            k.quantize_row_iq4_xs,
+            iq4_xs::quantize_row_iq4_xs_ref,
+            63,
+        );
+    }
+}
+
+#[test]
+fn low_bit_importance_weighted_quantizers_are_bit_identical() {
+    for (t, k) in tables() {
+        check_quantizer_imatrix(
+            t,
+            "Q2_K",
+            k.quantize_row_q2_k_imatrix,
+            q2_k::quantize_row_q2_k_imatrix,
+            54,
+        );
+        check_quantizer_imatrix(
+            t,
+            "Q3_K",
+            k.quantize_row_q3_k_imatrix,
+            q3_k::quantize_row_q3_k_imatrix,
+            55,
+        );
+        check_quantizer_imatrix(
+            t,
+            "IQ4_NL",
+            k.quantize_row_iq4_nl_imatrix,
+            iq4_nl::quantize_row_iq4_nl_imatrix,
+            56,
+        );
+        check_quantizer_imatrix(
+            t,
+            "IQ4_XS",
+            k.quantize_row_iq4_xs_imatrix,
+            iq4_xs::quantize_row_iq4_xs_imatrix,
+            57,
         );
     }
 }
@@ -592,6 +780,42 @@ fn dequantizers_are_bit_identical() {
             q5_k::quantize_row_q5_k_ref,
             finite_d_q5_k,
             27,
+        );
+        check_dequantizer(
+            t,
+            "Q2_K",
+            k.dequantize_row_q2_k,
+            q2_k::dequantize_row_q2_k,
+            q2_k::quantize_row_q2_k_ref,
+            finite_d_q2_k,
+            70,
+        );
+        check_dequantizer(
+            t,
+            "Q3_K",
+            k.dequantize_row_q3_k,
+            q3_k::dequantize_row_q3_k,
+            q3_k::quantize_row_q3_k_ref,
+            finite_d_q3_k,
+            71,
+        );
+        check_dequantizer(
+            t,
+            "IQ4_NL",
+            k.dequantize_row_iq4_nl,
+            iq4_nl::dequantize_row_iq4_nl,
+            iq4_nl::quantize_row_iq4_nl,
+            finite_d_iq4_nl,
+            72,
+        );
+        check_dequantizer(
+            t,
+            "IQ4_XS",
+            k.dequantize_row_iq4_xs,
+            iq4_xs::dequantize_row_iq4_xs,
+            iq4_xs::quantize_row_iq4_xs_ref,
+            finite_d_iq4_xs,
+            73,
         );
         check_dequantizer(
             t,
@@ -729,6 +953,30 @@ fn quantized_dot_products_agree() {
             q8_0r,
             dq8_0,
             34,
+        );
+        check_dot(
+            t,
+            "Q2_K·Q8_K",
+            k.vec_dot_q2_k_q8_k,
+            q2_k::vec_dot_q2_k_q8_k_ref,
+            q2_k::quantize_row_q2_k_ref,
+            q2_k::dequantize_row_q2_k,
+            finite_d_q2_k,
+            q8_kr,
+            dq8_k,
+            74,
+        );
+        check_dot(
+            t,
+            "Q3_K·Q8_K",
+            k.vec_dot_q3_k_q8_k,
+            q3_k::vec_dot_q3_k_q8_k_ref,
+            q3_k::quantize_row_q3_k_ref,
+            q3_k::dequantize_row_q3_k,
+            finite_d_q3_k,
+            q8_kr,
+            dq8_k,
+            75,
         );
         check_dot(
             t,

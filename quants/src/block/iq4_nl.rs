@@ -201,26 +201,15 @@ pub(crate) fn quantize_iq4_nl_block<const N: usize>(
         qs: [0; 128],
     };
     if nblocks > 1 {
-        let d = -max_scale / 32.0;
-        out.d = f16::from_f32(d);
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let xs = xs_block_scales(&scales, max_scale);
+        out.d = xs.d;
+        out.scales_h = xs.scales_h;
+        out.scales_l = xs.scales_l;
         for ib in 0..nblocks {
-            let mut ls = nearest_int(id * scales[ib]);
-            ls = ls.clamp(-32, 31);
-            let dl = d * ls as f32;
-            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
             let xb = &x[32 * ib..32 * ib + 32];
             for j in 0..32 {
-                l[32 * ib + j] = best_index_int8(values, idl * xb[j]);
+                l[32 * ib + j] = best_index_int8(values, xs.idl[ib] * xb[j]);
             }
-            let ls = (ls + 32) as u8;
-            let (lo, hi) = (ls & 0xF, ls >> 4);
-            if ib % 2 == 0 {
-                out.scales_l[ib / 2] = lo;
-            } else {
-                out.scales_l[ib / 2] |= lo << 4;
-            }
-            out.scales_h |= u16::from(hi) << (2 * (ib % 8));
         }
     } else {
         out.d = f16::from_f32(scales[0]);
@@ -237,6 +226,48 @@ pub(crate) fn quantize_iq4_nl_block<const N: usize>(
         for j in 0..16 {
             out.qs[16 * i + j] = l[32 * i + j] | (l[32 * i + 16 + j] << 4);
         }
+    }
+    out
+}
+
+/// The IQ4_XS block scales of one super-block (the multi-block tail of
+/// `quantize_row_iq4_nl_impl`).
+pub(crate) struct XsScales {
+    /// The f16 super-scale.
+    pub d: f16,
+    /// High two bits of the eight biased 6-bit block scales.
+    pub scales_h: u16,
+    /// Low four bits of the eight block scales, two per byte.
+    pub scales_l: [u8; 4],
+    /// Inverse of each block's dequantization scale (0 where that scale is 0), against which
+    /// the weights are re-indexed.
+    pub idl: [f32; 8],
+}
+
+/// Quantizes the eight fitted block scales of an IQ4_XS super-block to 6 bits against
+/// `max_scale`, the one of largest magnitude (mapped to −32). Shared with the SIMD quantizers.
+pub(crate) fn xs_block_scales(scales: &[f32; 8], max_scale: f32) -> XsScales {
+    let d = -max_scale / 32.0;
+    let mut out = XsScales {
+        d: f16::from_f32(d),
+        scales_h: 0,
+        scales_l: [0; 4],
+        idl: [0.0; 8],
+    };
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for ib in 0..8 {
+        let mut ls = nearest_int(id * scales[ib]);
+        ls = ls.clamp(-32, 31);
+        let dl = d * ls as f32;
+        out.idl[ib] = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+        let ls = (ls + 32) as u8;
+        let (lo, hi) = (ls & 0xF, ls >> 4);
+        if ib % 2 == 0 {
+            out.scales_l[ib / 2] = lo;
+        } else {
+            out.scales_l[ib / 2] |= lo << 4;
+        }
+        out.scales_h |= u16::from(hi) << (2 * (ib % 8));
     }
     out
 }

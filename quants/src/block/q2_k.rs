@@ -98,14 +98,11 @@ pub fn quantize_row_q2_k_ref(x: &[f32], y: &mut [BlockQ2K]) {
         y.len() * QK_K,
         "quantize_row_q2_k_ref: length mismatch"
     );
-    const Q4SCALE: f32 = 15.0;
     for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
         let mut l = [0u8; QK_K];
         let mut weights = [0.0f32; 16];
         let mut scales = [0.0f32; QK_K / 16];
         let mut mins = [0.0f32; QK_K / 16];
-        let mut max_scale = 0.0f32;
-        let mut max_min = 0.0f32;
         for j in 0..QK_K / 16 {
             let xs = &xb[16 * j..16 * j + 16];
             for (w, &v) in weights.iter_mut().zip(xs) {
@@ -123,33 +120,69 @@ pub fn quantize_row_q2_k_ref(x: &[f32], y: &mut [BlockQ2K]) {
             );
             scales[j] = scale;
             mins[j] = min;
-            if scale > max_scale {
-                max_scale = scale;
-            }
-            if min > max_min {
-                max_min = min;
-            }
         }
-        let mut out = BlockQ2K::default();
-        if max_scale > 0.0 {
-            let iscale = Q4SCALE / max_scale;
-            for j in 0..QK_K / 16 {
-                // int → uint8_t keeps the low byte.
-                out.scales[j] = nearest_int(iscale * scales[j]) as u8;
-            }
-            out.d = f16::from_f32(max_scale / Q4SCALE);
-        }
-        if max_min > 0.0 {
-            let iscale = Q4SCALE / max_min;
-            for j in 0..QK_K / 16 {
-                let v = nearest_int(iscale * mins[j]);
-                out.scales[j] |= v.wrapping_shl(4) as u8;
-            }
-            out.dmin = f16::from_f32(max_min / Q4SCALE);
-        }
+        let mut out = scales_ref(&scales, &mins);
         requantize_and_pack(xb, &mut l, &mut out);
         *yb = out;
     }
+}
+
+/// The sub-block scale step of `quantize_row_q2_K_ref`: the sixteen scales and mins quantized
+/// linearly to 4 bits against their maxima. Returns a block with `scales`, `d` and `dmin` set
+/// (levels zero). Shared with the SIMD quantizers.
+pub(crate) fn scales_ref(scales: &[f32; QK_K / 16], mins: &[f32; QK_K / 16]) -> BlockQ2K {
+    const Q4SCALE: f32 = 15.0;
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..QK_K / 16 {
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    let mut out = BlockQ2K::default();
+    if max_scale > 0.0 {
+        let iscale = Q4SCALE / max_scale;
+        for j in 0..QK_K / 16 {
+            // int → uint8_t keeps the low byte.
+            out.scales[j] = nearest_int(iscale * scales[j]) as u8;
+        }
+        out.d = f16::from_f32(max_scale / Q4SCALE);
+    }
+    if max_min > 0.0 {
+        let iscale = Q4SCALE / max_min;
+        for j in 0..QK_K / 16 {
+            let v = nearest_int(iscale * mins[j]);
+            out.scales[j] |= v.wrapping_shl(4) as u8;
+        }
+        out.dmin = f16::from_f32(max_min / Q4SCALE);
+    }
+    out
+}
+
+/// The sub-block scale step of `quantize_row_q2_K_impl`: scales and mins to 4 bits with
+/// `make_qp_quants`, weighted by each sub-block's total importance `sw`. Returns a block with
+/// `scales`, `d` and `dmin` set (levels zero). Shared with the SIMD quantizers.
+pub(crate) fn scales_imatrix(
+    scales: &[f32; QK_K / 16],
+    mins: &[f32; QK_K / 16],
+    sw: &[f32; QK_K / 16],
+) -> BlockQ2K {
+    let mut ls = [0u8; QK_K / 16];
+    let mut lm = [0u8; QK_K / 16];
+    let dm = make_qp_quants(15, scales, &mut ls, sw);
+    let mm = make_qp_quants(15, mins, &mut lm, sw);
+    let mut out = BlockQ2K {
+        d: f16::from_f32(dm),
+        dmin: f16::from_f32(mm),
+        ..BlockQ2K::default()
+    };
+    for j in 0..QK_K / 16 {
+        out.scales[j] = ls[j] | (u32::from(lm[j]) << 4) as u8;
+    }
+    out
 }
 
 // ggml: quantize_row_q2_K_impl (quant_weights != NULL)
@@ -209,18 +242,7 @@ pub fn quantize_row_q2_k_imatrix(x: &[f32], y: &mut [BlockQ2K], qw: &[f32]) {
             scales[j] = scale;
             mins[j] = min;
         }
-        let mut ls = [0u8; QK_K / 16];
-        let mut lm = [0u8; QK_K / 16];
-        let dm = make_qp_quants(15, &scales, &mut ls, &sw);
-        let mm = make_qp_quants(15, &mins, &mut lm, &sw);
-        let mut out = BlockQ2K {
-            d: f16::from_f32(dm),
-            dmin: f16::from_f32(mm),
-            ..BlockQ2K::default()
-        };
-        for j in 0..QK_K / 16 {
-            out.scales[j] = ls[j] | (u32::from(lm[j]) << 4) as u8;
-        }
+        let mut out = scales_imatrix(&scales, &mins, &sw);
         requantize_and_pack(xb, &mut l, &mut out);
         *yb = out;
     }

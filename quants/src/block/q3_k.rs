@@ -143,7 +143,7 @@ fn pack_scales(ls: &[i32; 16]) -> [u8; 12] {
 }
 
 /// The sixteen scales of a block, unbiased (`-32..32`).
-fn unpack_scales(s: &[u8; 12]) -> [i8; 16] {
+pub(crate) fn unpack_scales(s: &[u8; 12]) -> [i8; 16] {
     let mut out = [0i8; 16];
     for j in 0..16 {
         let lo = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
@@ -198,31 +198,55 @@ pub fn quantize_row_q3_k_ref(x: &[f32], y: &mut [BlockQ3K]) {
     for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
         let mut l = [0i8; QK_K];
         let mut scales = [0.0f32; 16];
-        let mut max_scale = 0.0f32;
-        let mut amax = 0.0f32;
         for j in 0..16 {
             scales[j] = make_q3_quants(4, &xb[16 * j..16 * j + 16], &mut l[16 * j..16 * j + 16]);
-            let scale = scales[j].abs();
-            if scale > amax {
-                amax = scale;
-                max_scale = scales[j];
-            }
         }
-        let mut out = BlockQ3K::default();
-        // C's `if (max_scale)`: true for NaN as well as for non-zero values.
-        if max_scale != 0.0 {
-            let iscale = -32.0f32 / max_scale;
-            let mut ls = [0i32; 16];
-            for j in 0..16 {
-                // ggml stores nearest_int into an int8_t before clamping.
-                let v = i32::from(nearest_int(iscale * scales[j]) as i8);
-                ls[j] = i32::from((v.clamp(-32, 31) + 32) as i8);
-            }
-            out.scales = pack_scales(&ls);
-            out.d = f16::from_f32(1.0 / iscale);
-        }
+        let mut out = scales_ref(&scales);
         requantize_and_pack(xb, &mut l, &mut out);
         *yb = out;
+    }
+}
+
+/// The scale step of `quantize_row_q3_K_ref`: the sixteen sub-block scales to 6 bits against
+/// the one of largest magnitude (mapped to −32). Returns a block with `scales` and `d` set
+/// (levels zero). Shared with the SIMD quantizers.
+pub(crate) fn scales_ref(scales: &[f32; 16]) -> BlockQ3K {
+    let mut max_scale = 0.0f32;
+    let mut amax = 0.0f32;
+    for &s in scales {
+        let scale = s.abs();
+        if scale > amax {
+            amax = scale;
+            max_scale = s;
+        }
+    }
+    let mut out = BlockQ3K::default();
+    // C's `if (max_scale)`: true for NaN as well as for non-zero values.
+    if max_scale != 0.0 {
+        let iscale = -32.0f32 / max_scale;
+        let mut ls = [0i32; 16];
+        for j in 0..16 {
+            // ggml stores nearest_int into an int8_t before clamping.
+            let v = i32::from(nearest_int(iscale * scales[j]) as i8);
+            ls[j] = i32::from((v.clamp(-32, 31) + 32) as i8);
+        }
+        out.scales = pack_scales(&ls);
+        out.d = f16::from_f32(1.0 / iscale);
+    }
+    out
+}
+
+/// The scale step of `quantize_row_q3_K_impl`: the sixteen scales fitted with
+/// `make_qx_quants` (nmax 32) weighted by each sub-block's total importance `sw`. Returns a
+/// block with `scales` and `d` set (levels zero). Shared with the SIMD quantizers.
+pub(crate) fn scales_imatrix(scales: &[f32; 16], sw: &[f32; 16]) -> BlockQ3K {
+    let mut lsq = [0i8; 16];
+    let d_block = make_qx_quants(32, scales, &mut lsq, 1, Some(sw));
+    let ls = lsq.map(i32::from);
+    BlockQ3K {
+        scales: pack_scales(&ls),
+        d: f16::from_f32(d_block),
+        ..BlockQ3K::default()
     }
 }
 
@@ -272,14 +296,7 @@ pub fn quantize_row_q3_k_imatrix(x: &[f32], y: &mut [BlockQ3K], qw: &[f32]) {
             sw[j] = sumw;
             scales[j] = make_qx_quants(4, xs, &mut l[16 * j..16 * j + 16], 1, Some(&weight));
         }
-        let mut lsq = [0i8; 16];
-        let d_block = make_qx_quants(32, &scales, &mut lsq, 1, Some(&sw));
-        let ls = lsq.map(i32::from);
-        let mut out = BlockQ3K {
-            scales: pack_scales(&ls),
-            d: f16::from_f32(d_block),
-            ..BlockQ3K::default()
-        };
+        let mut out = scales_imatrix(&scales, &sw);
         requantize_and_pack(xb, &mut l, &mut out);
         *yb = out;
     }

@@ -2,10 +2,11 @@
 //!
 //! Layout: [`kquant`] holds the K-quant row quantizers (the lane-per-sub-block scale search),
 //! [`rows`] the Q8_0/Q8_K quantizers, the dequantizers and the f16/bf16 row conversions, [`dot`]
-//! the dot products, [`legacy`] the Q4_0/Q4_1/Q5_0/Q5_1 reference quantizers. Their functions
-//! are `unsafe` `#[target_feature]` functions; this file wraps each in a safe function and
-//! collects them in [`KERNELS`]. Entries not listed there (the legacy importance-weighted
-//! quantizers, the Q2_K/Q3_K/IQ4_NL/IQ4_XS quantizers and dequantizers, the Q2_K/Q3_K dots) fall back to the scalar reference.
+//! the dot products, [`legacy`] the Q4_0/Q4_1/Q5_0/Q5_1 reference quantizers, [`lowbit`] the
+//! Q2_K/Q3_K quantizers and [`iq4`] the IQ4_NL/IQ4_XS quantizers. Their functions are `unsafe`
+//! `#[target_feature]` functions; this file wraps each in a safe function and collects them in
+//! [`KERNELS`]. Entries not listed there (the legacy importance-weighted quantizers) fall back
+//! to the scalar reference.
 //!
 //! Soundness: the wrappers are private and reachable only through [`KERNELS`], which
 //! `super::x86_64_avx2` hands out only after `is_x86_feature_detected!` has confirmed AVX2, FMA
@@ -19,8 +20,10 @@
 #![allow(unused_unsafe)]
 
 mod dot;
+mod iq4;
 mod kquant;
 mod legacy;
+mod lowbit;
 mod q8_1;
 mod rows;
 
@@ -30,6 +33,8 @@ use super::scalar::SCALAR;
 use super::Kernels;
 use crate::block::iq4_nl::BlockIQ4NL;
 use crate::block::iq4_xs::BlockIQ4XS;
+use crate::block::q2_k::BlockQ2K;
+use crate::block::q3_k::BlockQ3K;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -71,6 +76,14 @@ pub(super) static KERNELS: Kernels = Kernels {
     vec_dot_q5_1_q8_1,
     quantize_row_q8_k,
     dequantize_row_q8_k,
+    quantize_row_q2_k,
+    quantize_row_q2_k_imatrix,
+    dequantize_row_q2_k,
+    vec_dot_q2_k_q8_k,
+    quantize_row_q3_k,
+    quantize_row_q3_k_imatrix,
+    dequantize_row_q3_k,
+    vec_dot_q3_k_q8_k,
     quantize_row_q4_k,
     quantize_row_q4_k_imatrix,
     dequantize_row_q4_k,
@@ -83,7 +96,13 @@ pub(super) static KERNELS: Kernels = Kernels {
     quantize_row_q6_k_imatrix,
     dequantize_row_q6_k,
     vec_dot_q6_k_q8_k,
+    quantize_row_iq4_nl,
+    quantize_row_iq4_nl_imatrix,
+    dequantize_row_iq4_nl,
     vec_dot_iq4_nl_q8_0,
+    quantize_row_iq4_xs,
+    quantize_row_iq4_xs_imatrix,
+    dequantize_row_iq4_xs,
     vec_dot_iq4_xs_q8_k,
     ..SCALAR
 };
@@ -127,6 +146,14 @@ wrap! {
     vec_dot_q5_1_q8_1 = q8_1::vec_dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32;
     quantize_row_q8_k = rows::quantize_row_q8_k(x: &[f32], y: &mut [BlockQ8K]);
     dequantize_row_q8_k = rows::dequantize_row_q8_k(x: &[BlockQ8K], y: &mut [f32]);
+    quantize_row_q2_k = lowbit::quantize_row_q2_k(x: &[f32], y: &mut [BlockQ2K]);
+    quantize_row_q2_k_imatrix = lowbit::quantize_row_q2_k_imatrix(x: &[f32], y: &mut [BlockQ2K], qw: &[f32]);
+    dequantize_row_q2_k = rows::dequantize_row_q2_k(x: &[BlockQ2K], y: &mut [f32]);
+    vec_dot_q2_k_q8_k = dot::vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32;
+    quantize_row_q3_k = lowbit::quantize_row_q3_k(x: &[f32], y: &mut [BlockQ3K]);
+    quantize_row_q3_k_imatrix = lowbit::quantize_row_q3_k_imatrix(x: &[f32], y: &mut [BlockQ3K], qw: &[f32]);
+    dequantize_row_q3_k = rows::dequantize_row_q3_k(x: &[BlockQ3K], y: &mut [f32]);
+    vec_dot_q3_k_q8_k = dot::vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32;
     quantize_row_q4_k = kquant::quantize_row_q4_k(x: &[f32], y: &mut [BlockQ4K]);
     quantize_row_q4_k_imatrix = kquant::quantize_row_q4_k_imatrix(x: &[f32], y: &mut [BlockQ4K], qw: &[f32]);
     dequantize_row_q4_k = rows::dequantize_row_q4_k(x: &[BlockQ4K], y: &mut [f32]);
@@ -139,6 +166,12 @@ wrap! {
     quantize_row_q6_k_imatrix = kquant::quantize_row_q6_k_imatrix(x: &[f32], y: &mut [BlockQ6K], qw: &[f32]);
     dequantize_row_q6_k = rows::dequantize_row_q6_k(x: &[BlockQ6K], y: &mut [f32]);
     vec_dot_q6_k_q8_k = dot::vec_dot_q6_k_q8_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32;
+    quantize_row_iq4_nl = iq4::quantize_row_iq4_nl(x: &[f32], y: &mut [BlockIQ4NL]);
+    quantize_row_iq4_nl_imatrix = iq4::quantize_row_iq4_nl_imatrix(x: &[f32], y: &mut [BlockIQ4NL], qw: &[f32]);
+    dequantize_row_iq4_nl = rows::dequantize_row_iq4_nl(x: &[BlockIQ4NL], y: &mut [f32]);
     vec_dot_iq4_nl_q8_0 = dot::vec_dot_iq4_nl_q8_0(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32;
+    quantize_row_iq4_xs = iq4::quantize_row_iq4_xs(x: &[f32], y: &mut [BlockIQ4XS]);
+    quantize_row_iq4_xs_imatrix = iq4::quantize_row_iq4_xs_imatrix(x: &[f32], y: &mut [BlockIQ4XS], qw: &[f32]);
+    dequantize_row_iq4_xs = rows::dequantize_row_iq4_xs(x: &[BlockIQ4XS], y: &mut [f32]);
     vec_dot_iq4_xs_q8_k = dot::vec_dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32;
 }

@@ -7,9 +7,11 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::rows::q6_k_half_levels;
+use super::rows::{q3_k_scales, q6_k_half_levels};
 use crate::block::iq4_nl::{BlockIQ4NL, KVALUES_IQ4NL};
 use crate::block::iq4_xs::BlockIQ4XS;
+use crate::block::q2_k::BlockQ2K;
+use crate::block::q3_k::BlockQ3K;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -546,6 +548,107 @@ pub(super) unsafe fn vec_dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f3
             }
             let d = _mm256_set1_ps(xb.d.to_f32() * yb.d);
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum(acc)
+    }
+}
+
+/// The i16 scale vector for a 32-weight chunk that spans two 16-weight sub-blocks: `s0` in
+/// the eight low lanes (the `maddubs` pairs of bytes 0..16), `s1` in the eight high ones.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn pair_scales(s0: i16, s1: i16) -> __m256i {
+    // SAFETY: register-only intrinsics; AVX2 (caller).
+    unsafe { _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0)) }
+}
+
+/// Q2_K · Q8_K: per block `(y.d·d)·Σ_j scale_j·Σ q·y − (y.d·dmin)·Σ_j min_j·bsums_j`, the
+/// integer sums exact (`maddubs` pairs are at most 2·3·128, the scaled sums at most
+/// 256·15·3·128 < 2³¹).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available. Lengths are checked. `y[i].bsums` must be the group
+/// sums of `y[i].qs` (always true for blocks made by the Q8_K quantizer).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_q2_k_q8_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
+    assert_eq!(x.len(), y.len(), "vec_dot_q2_k_q8_k: block count mismatch");
+    // SAFETY: reads inside each block's fixed-size arrays; AVX2/FMA (caller).
+    unsafe {
+        let m3 = _mm256_set1_epi8(3);
+        let m4 = _mm_set1_epi8(0x0f);
+        let mut acc = _mm256_setzero_ps();
+        let mut acc_m = _mm256_setzero_ps();
+        for (xb, yb) in x.iter().zip(y) {
+            let dall = yb.d * xb.d.to_f32();
+            let dmin = -yb.d * xb.dmin.to_f32();
+            let sc8 = _mm_loadu_si128(xb.scales.as_ptr().cast());
+            // Mins term: Σ_j bsums_j · (scale_j >> 4), in 8 i32 lanes.
+            let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc8), m4));
+            let bs = _mm256_loadu_si256(yb.bsums.as_ptr().cast());
+            let summs = _mm256_madd_epi16(mins, bs);
+            acc_m = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summs), acc_m);
+            let sc = |j: usize| i16::from(xb.scales[j] & 0xF);
+            let mut sumi = _mm256_setzero_si256();
+            for h in 0..2 {
+                let q2 = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * h).cast());
+                for s in 0..4 {
+                    // Bit pair s of byte l: weight 128h + 32s + l, sub-blocks 8h + 2s and +1.
+                    let codes =
+                        _mm256_and_si256(_mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                    let q8 = _mm256_loadu_si256(yb.qs.as_ptr().add(128 * h + 32 * s).cast());
+                    let p = _mm256_maddubs_epi16(codes, q8);
+                    let j = 8 * h + 2 * s;
+                    sumi =
+                        _mm256_add_epi32(sumi, _mm256_madd_epi16(p, pair_scales(sc(j), sc(j + 1))));
+                }
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dall), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum(_mm256_add_ps(acc, acc_m))
+    }
+}
+
+/// Q3_K · Q8_K: with `u = q + 4` (0..8, unsigned for `maddubs`),
+/// `Σ_j s_j·Σ q·y = Σ_j s_j·Σ u·y − 4·Σ_j s_j·bsums_j`; per block `(d·y.d)` times that exact
+/// integer (pairs at most 2·7·128, totals below 256·32·7·128 < 2³¹).
+///
+/// # Safety
+/// As [`vec_dot_q2_k_q8_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_q3_k_q8_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
+    assert_eq!(x.len(), y.len(), "vec_dot_q3_k_q8_k: block count mismatch");
+    // SAFETY: reads inside each block's fixed-size arrays; AVX2/FMA (caller).
+    unsafe {
+        let m3 = _mm256_set1_epi8(3);
+        let one = _mm256_set1_epi8(1);
+        let mut acc = _mm256_setzero_ps();
+        for (xb, yb) in x.iter().zip(y) {
+            let sc = q3_k_scales(&xb.scales);
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr().cast()));
+            let bs = _mm256_loadu_si256(yb.bsums.as_ptr().cast());
+            let corr = _mm256_slli_epi32::<2>(_mm256_madd_epi16(sc16, bs));
+            let hm = _mm256_loadu_si256(xb.hmask.as_ptr().cast());
+            let s = |j: usize| i16::from(sc[j]);
+            let mut sumi = _mm256_setzero_si256();
+            for h in 0..2 {
+                let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * h).cast());
+                for t in 0..4 {
+                    let low =
+                        _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * t as i32)), m3);
+                    let bit = _mm256_and_si256(
+                        _mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * h + t) as i32)),
+                        one,
+                    );
+                    let u = _mm256_or_si256(low, _mm256_slli_epi16::<2>(bit));
+                    let q8 = _mm256_loadu_si256(yb.qs.as_ptr().add(128 * h + 32 * t).cast());
+                    let p = _mm256_maddubs_epi16(u, q8);
+                    let j = 8 * h + 2 * t;
+                    sumi =
+                        _mm256_add_epi32(sumi, _mm256_madd_epi16(p, pair_scales(s(j), s(j + 1))));
+                }
+            }
+            let d = _mm256_set1_ps(xb.d.to_f32() * yb.d);
+            acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, corr)), acc);
         }
         hsum(acc)
     }

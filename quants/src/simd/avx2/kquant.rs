@@ -54,7 +54,7 @@ pub(super) unsafe fn nearest_int_v(v: __m256) -> __m256i {
 /// Lane-wise `|v|` (clears the sign bit, exactly like `f32::abs`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn abs_v(v: __m256) -> __m256 {
+pub(super) unsafe fn abs_v(v: __m256) -> __m256 {
     // SAFETY: register-only intrinsics; the caller guarantees AVX2.
     unsafe { _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff))) }
 }
@@ -63,7 +63,7 @@ unsafe fn abs_v(v: __m256) -> __m256 {
 /// `lo <= hi` the order of the two clamps does not matter).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn clamp_i32(q: __m256i, lo: i32, hi: i32) -> __m256i {
+pub(super) unsafe fn clamp_i32(q: __m256i, lo: i32, hi: i32) -> __m256i {
     // SAFETY: register-only intrinsics; the caller guarantees AVX2.
     unsafe {
         _mm256_max_epi32(
@@ -113,7 +113,11 @@ unsafe fn transpose8(r: &mut [__m256; 8]) {
 /// AVX2 must be available and `x[stride·7 + N - 1]` must be readable.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn transpose_groups<const N: usize>(x: *const f32, stride: usize, out: &mut [__m256; N]) {
+pub(super) unsafe fn transpose_groups<const N: usize>(
+    x: *const f32,
+    stride: usize,
+    out: &mut [__m256; N],
+) {
     for c in 0..N / 8 {
         // SAFETY: rows j = 0..8 read x[stride·j + 8c .. +8], inside the caller's bound.
         let mut r: [__m256; 8] =
@@ -140,31 +144,47 @@ pub(super) unsafe fn i32x32_to_u8(v: [__m256i; 4]) -> __m256i {
     }
 }
 
-/// Per-lane outcome of [`make_qkx_quants_x8`] (one lane per 32-weight sub-block).
-struct QkxLanes {
+/// The error measure of the `make_qkx*` searches: `|d|` with `MAD` (ggml's `use_mad`), else
+/// `d·d`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn err_v<const MAD: bool>(d: __m256) -> __m256 {
+    // SAFETY: register-only intrinsics; the caller guarantees AVX2.
+    unsafe {
+        if MAD {
+            abs_v(d)
+        } else {
+            _mm256_mul_ps(d, d)
+        }
+    }
+}
+
+/// Per-lane outcome of [`make_qkx_quants_x8`] (one lane per sub-block).
+pub(super) struct QkxLanes {
     /// The fitted scale (0 for a degenerate lane).
-    scale: [f32; 8],
+    pub(super) scale: [f32; 8],
     /// `-min`, the non-negative offset the block stores.
-    the_min: [f32; 8],
+    pub(super) the_min: [f32; 8],
     /// Inverse scale that produced the kept levels.
-    best_iscale: [f32; 8],
+    pub(super) best_iscale: [f32; 8],
     /// `min` that was subtracted when the kept levels were rounded.
-    best_min_used: [f32; 8],
+    pub(super) best_min_used: [f32; 8],
     /// All values equal (or, for qkx3, not ordered): levels are all zero.
-    degenerate: [bool; 8],
+    pub(super) degenerate: [bool; 8],
 }
 
 /// Lane-parallel `make_qkx2_quants` / `make_qkx3_quants` (the scalar `make_qkx_quants_impl`
-/// with `use_mad == false` and 32 elements per group) for `G` super-blocks at once: lane `j`
-/// of `xt[g][i]` / `wt[g][i]` is element `i` of sub-block `j` of super-block `g`, and its
-/// weight. The `G` super-blocks are independent; interleaving them gives the CPU independent
-/// add chains (each lane's sums must stay sequential to match the scalar order, so a single
-/// super-block is bound by add latency, not throughput).
+/// with `N` elements per group; `MAD` is its `use_mad`: absolute instead of squared error) for
+/// `G` groups of eight sub-blocks at once: lane `j` of `xt[g][i]` / `wt[g][i]` is element `i`
+/// of sub-block `j` of group `g`, and its weight. The `G` groups are independent (Q4_K/Q5_K:
+/// one per super-block; Q2_K: two per super-block); interleaving them gives the CPU
+/// independent add chains (each lane's sums must stay sequential to match the scalar order, so
+/// a single group is bound by add latency, not throughput).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn make_qkx_quants_x8<const G: usize>(
-    xt: &[[__m256; 32]; G],
-    wt: &[[__m256; 32]; G],
+pub(super) unsafe fn make_qkx_quants_x8<const G: usize, const N: usize, const MAD: bool>(
+    xt: &[[__m256; N]; G],
+    wt: &[[__m256; N]; G],
     nmax: i32,
     rmin: f32,
     rdelta: f32,
@@ -180,7 +200,7 @@ unsafe fn make_qkx_quants_x8<const G: usize>(
         let mut max = min;
         let mut sum_w: [__m256; G] = std::array::from_fn(|g| wt[g][0]);
         let mut sum_x: [__m256; G] = std::array::from_fn(|g| _mm256_mul_ps(wt[g][0], xt[g][0]));
-        for i in 1..32 {
+        for i in 1..N {
             for g in 0..G {
                 // min_ps(a, b) is `a < b ? a : b`: `if x < min { min = x }` (NaN keeps min).
                 min[g] = _mm256_min_ps(xt[g][i], min[g]);
@@ -211,14 +231,14 @@ unsafe fn make_qkx_quants_x8<const G: usize>(
 
         // Error of the plain min/max rounding.
         let mut best_error = [zero; G];
-        for i in 0..32 {
+        for i in 0..N {
             for g in 0..G {
                 let x = xt[g][i];
                 let v = _mm256_mul_ps(iscale[g], _mm256_sub_ps(x, min[g]));
                 let qf = _mm256_cvtepi32_ps(clamp_i32(nearest_int_v(v), 0, nmax));
                 // diff = scale·L + min − x, evaluated left to right.
                 let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale[g], qf), min[g]), x);
-                let e = _mm256_mul_ps(wt[g][i], _mm256_mul_ps(diff, diff));
+                let e = _mm256_mul_ps(wt[g][i], err_v::<MAD>(diff));
                 best_error[g] = _mm256_add_ps(best_error[g], e);
             }
         }
@@ -226,7 +246,7 @@ unsafe fn make_qkx_quants_x8<const G: usize>(
         if nstep >= 1 {
             // Trial levels of the current step, as f32 (lane j: level of element i of
             // sub-block j).
-            let mut laux = [[zero; 32]; G];
+            let mut laux = [[zero; N]; G];
             for is in 0..=nstep {
                 // Scalar order: ((rmin + rdelta·is) + nmax) / (max − min); the numerator is
                 // the same for every lane.
@@ -236,7 +256,7 @@ unsafe fn make_qkx_quants_x8<const G: usize>(
                 let mut sum_l = [zero; G];
                 let mut sum_l2 = [zero; G];
                 let mut sum_xl = [zero; G];
-                for i in 0..32 {
+                for i in 0..N {
                     for g in 0..G {
                         let x = xt[g][i];
                         let v = _mm256_mul_ps(iscale[g], _mm256_sub_ps(x, min[g]));
@@ -283,13 +303,13 @@ unsafe fn make_qkx_quants_x8<const G: usize>(
                     continue;
                 }
                 let mut cur_error = [zero; G];
-                for i in 0..32 {
+                for i in 0..N {
                     for g in 0..G {
                         let diff = _mm256_sub_ps(
                             _mm256_add_ps(_mm256_mul_ps(this_scale[g], laux[g][i]), this_min[g]),
                             xt[g][i],
                         );
-                        let e = _mm256_mul_ps(wt[g][i], _mm256_mul_ps(diff, diff));
+                        let e = _mm256_mul_ps(wt[g][i], err_v::<MAD>(diff));
                         cur_error[g] = _mm256_add_ps(cur_error[g], e);
                     }
                 }
@@ -560,9 +580,9 @@ unsafe fn quantize_scale_min_blocks<const G: usize>(
                 rmin,
                 rdelta,
                 nstep,
-            } => make_qkx_quants_x8::<G>(&xt, &wt, nmax, rmin, rdelta, nstep, false),
+            } => make_qkx_quants_x8::<G, 32, false>(&xt, &wt, nmax, rmin, rdelta, nstep, false),
             ScaleMode::Imatrix { .. } => {
-                make_qkx_quants_x8::<G>(&xt, &wt, nmax, -0.9, 0.05, 36, true)
+                make_qkx_quants_x8::<G, 32, false>(&xt, &wt, nmax, -0.9, 0.05, 36, true)
             }
         };
         std::array::from_fn(|g| finish_scale_min(x[g], &wt[g], nmax, mode, &lanes[g]))
@@ -729,19 +749,23 @@ pub(super) unsafe fn quantize_row_q5_k_imatrix(x: &[f32], y: &mut [BlockQ5K], qw
 }
 
 /// Per-lane outcome of [`make_qx_quants_x16`]: lane `j` of vector `g` is sub-block `8g + j`.
-struct QxLanes {
-    scale: [f32; 16],
-    best_iscale: [f32; 16],
-    /// Largest magnitude below `GROUP_MAX_EPS`: levels are all zero (not the mid-level 32).
-    zero: [bool; 16],
+pub(super) struct QxLanes {
+    /// The fitted scale (0 for an all-zero sub-block).
+    pub(super) scale: [f32; 16],
+    /// Inverse scale that produced the kept levels.
+    pub(super) best_iscale: [f32; 16],
+    /// Largest magnitude below `GROUP_MAX_EPS`: levels are all zero (not the mid-level).
+    pub(super) zero: [bool; 16],
 }
 
-/// Lane-parallel `make_qx_quants(32, x, L, 1, qw)` over the 16 sub-blocks of 16 weights of a
-/// Q6_K super-block: lane `j` of `xt[i][g]` is element `i` of sub-block `8g + j`, `wt` its
-/// weight (x² without an importance matrix, else `qw`).
+/// Lane-parallel `make_qx_quants(NMAX, x, L, 1, qw)` over the 16 sub-blocks of 16 weights of a
+/// Q6_K (`NMAX` 32) or Q3_K (`NMAX` 4) super-block: lane `j` of `xt[i][g]` is element `i` of
+/// sub-block `8g + j`, `wt` its weight (x² without an importance matrix, else `qw`).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn make_qx_quants_x16(xt: &[[__m256; 2]; 16], wt: &[[__m256; 2]; 16]) -> QxLanes {
-    const NMAX: i32 = 32;
+pub(super) unsafe fn make_qx_quants_x16<const NMAX: i32>(
+    xt: &[[__m256; 2]; 16],
+    wt: &[[__m256; 2]; 16],
+) -> QxLanes {
     let nmax_f = NMAX as f32;
     // SAFETY: register-only intrinsics apart from stores into local arrays; AVX2 (caller).
     unsafe {
@@ -864,7 +888,7 @@ unsafe fn quantize_q6_k_block(x: &[f32], qw: Option<&[f32]>, y: &mut BlockQ6K) {
                 }
             }
         }
-        let lanes = make_qx_quants_x16(&xt, &wt);
+        let lanes = make_qx_quants_x16::<32>(&xt, &wt);
 
         let mut max_scale = 0.0f32;
         let mut max_abs_scale = 0.0f32;

@@ -8,7 +8,11 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::kquant::{i32x32_to_u8, nearest_int_v};
+use crate::block::iq4_nl::{BlockIQ4NL, KVALUES_IQ4NL};
+use crate::block::iq4_xs::BlockIQ4XS;
 use crate::block::kquant_common::get_scale_min_k4;
+use crate::block::q2_k::BlockQ2K;
+use crate::block::q3_k::BlockQ3K;
 use crate::block::q4_0::BlockQ4_0;
 use crate::block::q4_1::BlockQ4_1;
 use crate::block::q4_k::BlockQ4K;
@@ -678,4 +682,225 @@ pub(super) unsafe fn bf16_to_f32_row(x: &[bf16], y: &mut [f32]) {
         }
     }
     crate::block::float::bf16_to_f32_row(&x[n8..], &mut y[n8..]);
+}
+
+/// Writes `d · q` (signed codes) or `d · q − m` (unsigned codes, with `m`) for 16 byte codes
+/// to `out[0..16]`, multiply then subtract as in the references.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn store_16(codes: __m128i, signed: bool, d: f32, m: Option<f32>, out: *mut f32) {
+    // SAFETY: writes out[0..16] (caller guarantees room); AVX2 (caller).
+    unsafe {
+        let vd = _mm256_set1_ps(d);
+        for (k, part) in [codes, _mm_srli_si128::<8>(codes)].into_iter().enumerate() {
+            let w = if signed {
+                _mm256_cvtepi8_epi32(part)
+            } else {
+                _mm256_cvtepu8_epi32(part)
+            };
+            let mut f = _mm256_mul_ps(vd, _mm256_cvtepi32_ps(w));
+            if let Some(m) = m {
+                f = _mm256_sub_ps(f, _mm256_set1_ps(m));
+            }
+            _mm256_storeu_ps(out.add(8 * k), f);
+        }
+    }
+}
+
+/// Q2_K dequantizer: `d·(sc & 15) · q − dmin·(sc >> 4)` per 16-weight sub-block.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available. Lengths are checked.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dequantize_row_q2_k(x: &[BlockQ2K], y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        x.len() * QK_K,
+        "dequantize_row_q2_k: length mismatch"
+    );
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = xb.d.to_f32();
+        let min = xb.dmin.to_f32();
+        // SAFETY: reads xb.qs[32h..32h+32] and writes yb[128h + 32s ..][..32], h < 2, s < 4;
+        // AVX2 (caller).
+        unsafe {
+            let m3 = _mm256_set1_epi8(3);
+            for h in 0..2 {
+                let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * h).cast());
+                for s in 0..4 {
+                    // Bit pair s of byte l: weight 128h + 32s + l (sub-blocks 8h+2s, +1).
+                    let shift = _mm_cvtsi32_si128(2 * s as i32);
+                    let codes = _mm256_and_si256(_mm256_srl_epi16(q, shift), m3);
+                    let halves = [
+                        _mm256_castsi256_si128(codes),
+                        _mm256_extracti128_si256::<1>(codes),
+                    ];
+                    for (t, part) in halves.into_iter().enumerate() {
+                        let j = 8 * h + 2 * s + t;
+                        let sc = xb.scales[j];
+                        store_16(
+                            part,
+                            false,
+                            d * f32::from(sc & 0xF),
+                            Some(min * f32::from(sc >> 4)),
+                            yb.as_mut_ptr().add(16 * j),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Q3_K's sixteen 6-bit scales, unbiased (`-32..32`), as i8 lanes in sub-block order (the
+/// vector form of `unpack_scales` in `block/q3_k.rs`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn q3_k_scales(s: &[u8; 12]) -> [i8; 16] {
+    let mut b = [0u8; 16];
+    b[..12].copy_from_slice(s);
+    let mut out = [0i8; 16];
+    // SAFETY: reads and writes 16-byte local arrays; AVX2 (caller).
+    unsafe {
+        let v = _mm_loadu_si128(b.as_ptr().cast());
+        let m4 = _mm_set1_epi8(0x0f);
+        // Low nibbles: scales 0..8 from the low halves of bytes 0..8, 8..16 from the high halves.
+        let lo = _mm_unpacklo_epi64(
+            _mm_and_si128(v, m4),
+            _mm_and_si128(_mm_srli_epi16::<4>(v), m4),
+        );
+        // Top two bits of scale j: bits 2(j/4).. of byte 8 + j%4. Every lane gets its byte,
+        // then each group of four lanes takes the copy shifted by its 2(j/4) (a 16-bit shift
+        // by at most 6 brings no bits from the neighbouring byte into the two kept ones).
+        let h = _mm_shuffle_epi8(
+            v,
+            _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11),
+        );
+        let h = _mm_blend_epi32::<0b0010>(h, _mm_srli_epi16::<2>(h));
+        let h = _mm_blend_epi32::<0b0100>(h, _mm_srli_epi16::<4>(h));
+        let h = _mm_blend_epi32::<0b1000>(h, _mm_srli_epi16::<6>(h));
+        let hi = _mm_and_si128(h, _mm_set1_epi8(3));
+        let sc = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16::<4>(hi)), _mm_set1_epi8(32));
+        _mm_storeu_si128(out.as_mut_ptr().cast(), sc);
+    }
+    out
+}
+
+/// Q3_K dequantizer: `d·(sc − 32) · (q − 4)` per 16-weight sub-block.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available. Lengths are checked.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dequantize_row_q3_k(x: &[BlockQ3K], y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        x.len() * QK_K,
+        "dequantize_row_q3_k: length mismatch"
+    );
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d_all = xb.d.to_f32();
+        // SAFETY: AVX2 (caller).
+        let sc = unsafe { q3_k_scales(&xb.scales) };
+        // SAFETY: reads xb.qs[32h..][..32], xb.hmask[..32], writes yb[128h + 32s ..][..32],
+        // h < 2, s < 4; AVX2 (caller).
+        unsafe {
+            let m3 = _mm256_set1_epi8(3);
+            let one = _mm256_set1_epi8(1);
+            let four = _mm256_set1_epi8(4);
+            let hm = _mm256_loadu_si256(xb.hmask.as_ptr().cast());
+            for h in 0..2 {
+                let q = _mm256_loadu_si256(xb.qs.as_ptr().add(32 * h).cast());
+                for s in 0..4 {
+                    let low =
+                        _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                    // High bit 4h + s of hmask[l]: set means the level is `low`, clear means
+                    // `low − 4`.
+                    let bit = _mm256_and_si256(
+                        _mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * h + s) as i32)),
+                        one,
+                    );
+                    let v =
+                        _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16::<2>(bit)), four);
+                    let halves = [_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)];
+                    for (t, part) in halves.into_iter().enumerate() {
+                        let j = 8 * h + 2 * s + t;
+                        store_16(
+                            part,
+                            true,
+                            d_all * f32::from(sc[j]),
+                            None,
+                            yb.as_mut_ptr().add(16 * j),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 32 IQ4 levels of one 16-byte block of indices, as signed bytes in weight order (low
+/// nibbles then high nibbles).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn iq4_levels_i8(qs: *const u8) -> (__m128i, __m128i) {
+    // SAFETY: reads qs[0..16] (caller) and the 16-byte level table; AVX2 (caller).
+    unsafe {
+        let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast());
+        let q = _mm_loadu_si128(qs.cast());
+        let m4 = _mm_set1_epi8(0x0f);
+        (
+            _mm_shuffle_epi8(table, _mm_and_si128(q, m4)),
+            _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(q), m4)),
+        )
+    }
+}
+
+/// IQ4_NL dequantizer: `d · level`.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available. Lengths are checked.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dequantize_row_iq4_nl(x: &[BlockIQ4NL], y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        x.len() * 32,
+        "dequantize_row_iq4_nl: length mismatch"
+    );
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(32)) {
+        let d = xb.d.to_f32();
+        // SAFETY: reads xb.qs[..16], writes yb[..32]; AVX2 (caller).
+        unsafe {
+            let (lo, hi) = iq4_levels_i8(xb.qs.as_ptr());
+            store_16(lo, true, d, None, yb.as_mut_ptr());
+            store_16(hi, true, d, None, yb.as_mut_ptr().add(16));
+        }
+    }
+}
+
+/// IQ4_XS dequantizer: `d·(scale − 32) · level` per 32-weight block.
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available. Lengths are checked.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dequantize_row_iq4_xs(x: &[BlockIQ4XS], y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        x.len() * QK_K,
+        "dequantize_row_iq4_xs: length mismatch"
+    );
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = xb.d.to_f32();
+        for ib in 0..8 {
+            let lo = (xb.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF;
+            let hi = (xb.scales_h >> (2 * ib)) & 3;
+            let ls = (i32::from(lo) | (i32::from(hi) << 4)) - 32;
+            let dl = d * ls as f32;
+            // SAFETY: reads xb.qs[16ib..][..16], writes yb[32ib..][..32], ib < 8; AVX2.
+            unsafe {
+                let (a, b) = iq4_levels_i8(xb.qs.as_ptr().add(16 * ib));
+                store_16(a, true, dl, None, yb.as_mut_ptr().add(32 * ib));
+                store_16(b, true, dl, None, yb.as_mut_ptr().add(32 * ib + 16));
+            }
+        }
+    }
 }
