@@ -151,13 +151,15 @@ fn smollm2_low_bit_ppl_ctx512_matches_llama_perplexity() {
     let mut o = QuantizeOptions::new(FileType::F32);
     o.allow_requantize = true;
     quantize(&src, &f32, &o, &mut |_| {}).unwrap();
-    // IQ4_XS keeps the tolerance it had before llama.cpp's variation on its file was measured:
-    // ours 21.3306 against 21.1885 is +0.67 %, above 1.5 × that variation (1.5 × 3.8e-3, FA off).
-    // Measured on the 2-core AVX2 host: with the scalar IQ4 dots 21.2790 (+0.43 %), with the AVX2
-    // ones (same integer sums, other f32 accumulation order) 21.3306 (+0.67 %), so rounding alone
-    // moves this 1,020-token PPL by a few tenths of a percent; 1.5 % is about twice the worst
-    // measured, and layout or level-table errors are caught exactly by the golden and gguf-py
-    // tests of the quants crate. The other types are held to the variation rule.
+    // IQ4_XS keeps the tolerance it had before llama.cpp's variation on its file was measured
+    // (1.5 × 3.8e-3 = 5.7e-3, FA off): measured on the 2-core AVX2 host against llama.cpp's
+    // 21.1885, with the scalar IQ4 dots 21.2790 (+0.43 %), with the first AVX2 ones (same integer
+    // sums, other f32 accumulation order) 21.3306 (+0.67 %), and with session 6's AVX2 Q2_K/Q3_K
+    // and IQ4 kernels 21.2463 (+0.27 %, inside the variation rule). Rounding alone moves this
+    // 1,020-token PPL by a few tenths of a percent, and an AVX-512 host runs other float steps for
+    // the file's Q5_K layers, so the rule's 5.7e-3 is not a safe bound on every host; 1.5 % is
+    // about twice the worst measured, and layout or level-table errors are caught exactly by the
+    // golden and gguf-py tests of the quants crate. The other types are held to the variation rule.
     let mut failures = Vec::new();
     for (ty, tag, fixed_tol) in [
         (FileType::Q2_K, "q2_k", None),
