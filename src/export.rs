@@ -902,28 +902,6 @@ const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 const TOKEN_UNUSED: i64 = 5;
 
-/// Split regexes llama.cpp applies for each `tokenizer.ggml.pre` name (with `ignore_merges`).
-///
-/// The same table as `pre_regexes` in [`crate::tokenizer`], which keeps it private; duplicated
-/// here until that module exposes its `tokenizers::Tokenizer` (the round-trip test checks that the
-/// two tokenize alike).
-fn pre_regexes(pre: &str) -> Option<(&'static [&'static str], bool)> {
-    const LLAMA3: &[&str] = &[
-        r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-    ];
-    const GPT2: &str =
-        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-    const SMOLLM: &[&str] = &[r"\p{N}", GPT2];
-    match pre {
-        "llama-bpe" | "llama3" => Some((LLAMA3, true)),
-        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-            Some((SMOLLM, false))
-        }
-        "gpt2" | "mpt" | "olmo" | "jais" | "default" => Some((&[GPT2], false)),
-        _ => None,
-    }
-}
-
 /// Builds the HF `tokenizers` tokenizer a GGUF's `tokenizer.ggml.*` metadata describes, shaped as
 /// HF's own byte-level BPE tokenizer.json files are: regex splits then a byte-level mapping,
 /// control tokens as special added tokens, user-defined ones as plain added tokens, and a
@@ -949,7 +927,7 @@ pub fn hf_tokenizer(md: &Metadata) -> Result<tokenizers::Tokenizer, ExportError>
         .get("tokenizer.ggml.pre")
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let (regexes, ignore_merges) = pre_regexes(pre).ok_or_else(|| {
+    let (regexes, ignore_merges) = crate::tokenizer::pre_regexes(pre).ok_or_else(|| {
         ExportError::Tokenizer(format!(
             "pre-tokenizer `{pre}` is not supported (supported: llama-bpe, llama3, smollm, gpt2, default)"
         ))

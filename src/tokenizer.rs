@@ -65,8 +65,10 @@ mod token_type {
 ///
 /// llama.cpp's GPT-2 pattern stops at `\s+(?!\S)` because its hand-written matcher also emits the
 /// remaining whitespace; with an isolating split the leftover is a piece anyway, but we write the
-/// trailing `|\s+` explicitly as GPT-2's tokenizer.json does.
-fn pre_regexes(pre: &str) -> Option<(&'static [&'static str], bool)> {
+/// trailing `|\s+` explicitly as GPT-2's tokenizer.json does. `default` (what llama.cpp assumes
+/// when `tokenizer.ggml.pre` is absent) is the GPT-2 split. The one table: `export` rebuilds HF
+/// tokenizers from it too.
+pub(crate) fn pre_regexes(pre: &str) -> Option<(&'static [&'static str], bool)> {
     // (regexes, ignore_merges)
     const LLAMA3: &[&str] = &[
         r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
@@ -81,7 +83,7 @@ fn pre_regexes(pre: &str) -> Option<(&'static [&'static str], bool)> {
         "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
             Some((SMOLLM, false))
         }
-        "gpt2" | "mpt" | "olmo" | "jais" => Some((&[GPT2], false)),
+        "gpt2" | "mpt" | "olmo" | "jais" | "default" => Some((&[GPT2], false)),
         _ => None,
     }
 }
@@ -152,11 +154,8 @@ impl GgufTokenizer {
             .get("tokenizer.ggml.pre")
             .and_then(Value::as_str)
             .unwrap_or("default");
-        let (regexes, ignore_merges) = match pre {
-            "default" => pre_regexes("gpt2"),
-            p => pre_regexes(p),
-        }
-        .ok_or_else(|| TokenizerError::UnsupportedPre(pre.to_string()))?;
+        let (regexes, ignore_merges) =
+            pre_regexes(pre).ok_or_else(|| TokenizerError::UnsupportedPre(pre.to_string()))?;
 
         let tokens = string_array(md, "tokenizer.ggml.tokens")?;
         let merges_raw = string_array(md, "tokenizer.ggml.merges")?;
