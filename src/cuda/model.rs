@@ -500,7 +500,7 @@ impl<'a> CudaModel<'a> {
     }
 
     fn check(&self, tokens: &[u32], opts: &EvalOptions) -> Result<(), ModelError> {
-        if opts.kv_type != KvType::F16 {
+        if opts.cache_type_k != KvType::F16 || opts.cache_type_v != KvType::F16 {
             return Err(ModelError::UnsupportedFeature(
                 "the CUDA backend keeps K/V in f16 (--kv-type f32 runs on the CPU only)".into(),
             ));
