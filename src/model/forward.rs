@@ -1590,8 +1590,8 @@ mod tests {
             (KvType::Q8_0, KvType::F16, 2e-2),
             (KvType::Q8_0, KvType::Q8_0, 2e-2),
             (KvType::Q5_1, KvType::Q5_0, 8e-2),
-            (KvType::Q4_1, KvType::IQ4_NL, 0.15),
-            (KvType::Q4_0, KvType::Q4_0, 0.15),
+            (KvType::Q4_1, KvType::IQ4_NL, 0.35),
+            (KvType::Q4_0, KvType::Q4_0, 0.35),
         ];
         for (tk, tv, bound) in pairs {
             let mut kv = LayerKv::new(tk, tv, h.nkv, h.hd);
