@@ -27,7 +27,10 @@
 //!   type's reference `to_float`); at the end it is widened to f32 and scaled by `1/S`.
 //!
 //! The same-type F16 and F32 caches keep the blocked kernel of [`super::forward`] (llama.cpp's
-//! tiled flash attention, which it takes for those pairs).
+//! tiled flash attention, which it takes for those pairs). llama.cpp casts an F32 K or V to F16
+//! before flash attention, so its `-ctk f32 -ctv f32` computes what its F16 cache computes; ours
+//! keeps the F32 pair in f32 (the full-precision mode `--kv-type f32` always was), and an F32
+//! half of a mixed pair is cast to F16 as llama.cpp does.
 use half::{bf16, f16};
 use longquant_quants::block::iq4_nl::BlockIQ4NL;
 use longquant_quants::block::q4_0::BlockQ4_0;
@@ -343,6 +346,10 @@ impl FaKv {
     /// An empty cache. The quantized types need `head_dim % 32 == 0` (checked by the caller).
     pub(crate) fn new(kt: KvType, vt: KvType, nkv: usize, hd: usize) -> Self {
         let (rot_k, rot_v) = rotations(hd, kt, vt);
+        // llama.cpp casts an F32 K or V to F16 before flash attention (`build_attn_mha`), so
+        // an F32 half of a mixed pair is an F16 one here.
+        let as_fa = |t: KvType| if t == KvType::F32 { KvType::F16 } else { t };
+        let (kt, vt) = (as_fa(kt), as_fa(vt));
         Self {
             k: Rows::new(kt),
             v: Rows::new(vt),
