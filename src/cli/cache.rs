@@ -48,17 +48,16 @@ impl CacheArgs {
         [
             ("cache_type_k", json!(k.name())),
             ("cache_type_v", json!(v.name())),
-            (
-                "kv_type",
-                json!(if k == v { k.name() } else { "mixed" }),
-            ),
+            ("kv_type", json!(if k == v { k.name() } else { "mixed" })),
         ]
     }
 }
 
 /// Rewrites llama.cpp's short spellings `-ctk T`/`-ctv T` (and `-ctk=T`) to the long options,
 /// which clap cannot declare as shorts (`-ctk` would read as `-c -t -k`).
-pub fn rewrite_short_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+pub fn rewrite_short_flags(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
     args.map(|a| {
         let Some(s) = a.to_str() else { return a };
         for (short, long) in [("-ctk", "--cache-type-k"), ("-ctv", "--cache-type-v")] {

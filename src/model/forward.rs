@@ -21,8 +21,11 @@ use longquant_formats::gguf::GgufFile;
 use longquant_quants::simd::kernels;
 use rayon::prelude::*;
 
-pub use super::kv_cache::KvType;
 use super::kv_cache::FaKv;
+pub use super::kv_cache::KvType;
+
+/// A matrix-product input observer (see [`Model::eval_observed`]).
+type Observer<'o> = &'o mut dyn FnMut(&str, &[f32]);
 
 /// Options for [`Model::eval`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -552,7 +555,7 @@ impl<'a> Model<'a> {
         scratch: bool,
         logits_from: usize,
         on_logits: &mut dyn FnMut(usize, &[f32]),
-        mut observe: Option<&mut dyn FnMut(&str, &[f32])>,
+        mut observe: Option<Observer<'_>>,
     ) {
         // Shows `acts` to the observer as the input of layer `il`'s tensor `names` (or of a
         // top-level tensor when `il` is None).
@@ -1611,7 +1614,11 @@ mod tests {
                 let mut part = q[a * d..b * d].to_vec();
                 attention_with(AttnKernel::detect(h.hd), &mut part, a, &kv, &h);
                 for (x, (y, z)) in part.iter().zip(&batch[a * d..b * d]).enumerate() {
-                    assert_eq!(y.to_bits(), z.to_bits(), "{tk}/{tv} rows {a}..{b}, value {x}");
+                    assert_eq!(
+                        y.to_bits(),
+                        z.to_bits(),
+                        "{tk}/{tv} rows {a}..{b}, value {x}"
+                    );
                 }
             }
         }

@@ -7,7 +7,8 @@
 //! `i`; KV head `h / group`):
 //! - storing: K and V rows go into the cache through `set_rows`, i.e. the CPU `from_float` of the
 //!   cache type (Q8_0: the x86 activation quantizer, `127/amax` and round-half-even; Q4_0, Q4_1,
-//!   Q5_0, Q5_1, IQ4_NL: the reference quantizers; F16: F16C rounding; BF16: round-to-nearest-even);
+//!   Q5_0, Q5_1: the reference quantizers; IQ4_NL: `quantize_row_iq4_nl_ref`, the search with no
+//!   trial scales, unlike llama-quantize's; F16: F16C rounding; BF16: round-to-nearest-even);
 //! - rotation (`llama_kv_cache`, `attn_rot_k`/`attn_rot_v`): when K's type is quantized and the
 //!   head size is a multiple of 64, Q and K are multiplied by an orthonormal Sylvester–Hadamard
 //!   matrix of size `nrot` (the largest power of two ≥ 64 dividing the head size) on every
@@ -32,7 +33,7 @@
 //! keeps the F32 pair in f32 (the full-precision mode `--kv-type f32` always was), and an F32
 //! half of a mixed pair is cast to F16 as llama.cpp does.
 use half::{bf16, f16};
-use longquant_quants::block::iq4_nl::BlockIQ4NL;
+use longquant_quants::block::iq4_nl::{self, BlockIQ4NL};
 use longquant_quants::block::q4_0::BlockQ4_0;
 use longquant_quants::block::q4_1::BlockQ4_1;
 use longquant_quants::block::q5_0::BlockQ5_0;
@@ -213,7 +214,7 @@ impl Rows {
             Rows::IQ4NL(v) => append(v, x, 32, BlockIQ4NL::default(), |x, y| {
                 x.par_chunks(32 * 64)
                     .zip(y.par_chunks_mut(64))
-                    .for_each(|(x, y)| (k.quantize_row_iq4_nl)(x, y))
+                    .for_each(|(x, y)| iq4_nl::quantize_row_iq4_nl_ref(x, y))
             }),
         }
     }
@@ -648,7 +649,11 @@ mod float_dot {
         let c: [f32; 8] =
             std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
         let g: [f32; 4] = std::array::from_fn(|l| c[l + 4] + c[l]);
-        let mut s = (if np > 0 { (g[0] + g[2]) + (g[1] + g[3]) } else { 0.0 }) as f64;
+        let mut s = (if np > 0 {
+            (g[0] + g[2]) + (g[1] + g[3])
+        } else {
+            0.0
+        }) as f64;
         for k in np..n {
             s += (x[k].to_f32() * y[k].to_f32()) as f64;
         }
@@ -667,7 +672,10 @@ mod tests {
             assert_eq!(t.name().to_uppercase().parse::<KvType>().unwrap(), t);
         }
         let e = "q3_k".parse::<KvType>().unwrap_err();
-        assert!(e.contains("q3_k") && e.contains("q8_0") && e.contains("iq4_nl"), "{e}");
+        assert!(
+            e.contains("q3_k") && e.contains("q8_0") && e.contains("iq4_nl"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -693,7 +701,11 @@ mod tests {
         fwht(&mut y, n);
         for r in 0..n {
             let want: f64 = (0..n).map(|c| h[r * n + c] as f64 * x[c] as f64).sum();
-            assert!((y[r] as f64 - want).abs() < 1e-5, "row {r}: {} vs {want}", y[r]);
+            assert!(
+                (y[r] as f64 - want).abs() < 1e-5,
+                "row {r}: {} vs {want}",
+                y[r]
+            );
         }
         fwht(&mut y, n);
         for (a, b) in x.iter().zip(&y) {
@@ -703,7 +715,10 @@ mod tests {
 
     #[test]
     fn rotation_sizes_follow_llama_cpp() {
-        assert_eq!(rotations(64, KvType::Q8_0, KvType::Q4_0), (Some(64), Some(64)));
+        assert_eq!(
+            rotations(64, KvType::Q8_0, KvType::Q4_0),
+            (Some(64), Some(64))
+        );
         assert_eq!(rotations(128, KvType::Q8_0, KvType::F16), (Some(128), None));
         assert_eq!(rotations(192, KvType::F16, KvType::Q8_0), (None, Some(64)));
         assert_eq!(rotations(96, KvType::Q8_0, KvType::Q8_0), (None, None));
