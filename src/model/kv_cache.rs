@@ -274,20 +274,150 @@ impl QConv {
 
 /// `vec_dot(K row r, q)` as ggml's AVX2 kernel of K's type computes it.
 fn k_dot(k: &Rows, r: usize, hd: usize, q: &QConv) -> f32 {
-    let t = kernels();
     let nb = hd / 32;
+    let at = |b: usize| r * nb + b;
     match (k, q) {
         (Rows::F32(v), QConv::F32(q)) => float_dot::f32(&v[r * hd..(r + 1) * hd], q),
         (Rows::F16(v), QConv::F16(q)) => float_dot::f16(&v[r * hd..(r + 1) * hd], q),
         (Rows::BF16(v), QConv::BF16(q)) => float_dot::bf16(&v[r * hd..(r + 1) * hd], q),
-        (Rows::Q8_0(v), QConv::Q8_0(q)) => (t.vec_dot_q8_0_q8_0)(&v[r * nb..(r + 1) * nb], q),
-        (Rows::Q5_0(v), QConv::Q8_0(q)) => (t.vec_dot_q5_0_q8_0)(&v[r * nb..(r + 1) * nb], q),
-        (Rows::Q4_0(v), QConv::Q8_0(q)) => (t.vec_dot_q4_0_q8_0)(&v[r * nb..(r + 1) * nb], q),
-        (Rows::IQ4NL(v), QConv::Q8_0(q)) => (t.vec_dot_iq4_nl_q8_0)(&v[r * nb..(r + 1) * nb], q),
-        (Rows::Q5_1(v), QConv::Q8_1(q)) => (t.vec_dot_q5_1_q8_1)(&v[r * nb..(r + 1) * nb], q),
-        (Rows::Q4_1(v), QConv::Q8_1(q)) => (t.vec_dot_q4_1_q8_1)(&v[r * nb..(r + 1) * nb], q),
+        (Rows::Q8_0(v), QConv::Q8_0(q)) => {
+            lane_dot::q8_0(&v[at(0)..at(nb)], q, |b, e| i32::from(b.qs[e]))
+        }
+        (Rows::Q4_0(v), QConv::Q8_0(q)) => {
+            lane_dot::q8_0(&v[at(0)..at(nb)], q, |b, e| lane_dot::nib(&b.qs, e) - 8)
+        }
+        (Rows::Q5_0(v), QConv::Q8_0(q)) => lane_dot::q8_0(&v[at(0)..at(nb)], q, |b, e| {
+            (lane_dot::nib(&b.qs, e) | (lane_dot::bit(b.qh, e) << 4)) - 16
+        }),
+        (Rows::IQ4NL(v), QConv::Q8_0(q)) => lane_dot::iq4_nl(&v[at(0)..at(nb)], q),
+        (Rows::Q4_1(v), QConv::Q8_1(q)) => lane_dot::q8_1(
+            &v[at(0)..at(nb)],
+            q,
+            |b| (b.d, b.m),
+            |b, e| lane_dot::nib(&b.qs, e),
+        ),
+        (Rows::Q5_1(v), QConv::Q8_1(q)) => lane_dot::q8_1(
+            &v[at(0)..at(nb)],
+            q,
+            |b| (b.d, b.m),
+            |b, e| lane_dot::nib(&b.qs, e) | (lane_dot::bit(b.qh, e) << 4),
+        ),
         _ => unreachable!("the query is converted for K's type"),
     }
+}
+
+/// ggml's AVX2 dots of the 32-value formats with Q8_0/Q8_1 (ggml-cpu/arch/x86/quants.c), lane
+/// for lane: per block the integer products are summed exactly into eight lanes of four
+/// consecutive values each (its `maddubs` + `madd` pairing), each lane is converted to f32 and
+/// accumulated with one FMA per block by the block's scale product, and the lanes are reduced
+/// as `hsum_float_8` (`(l0+l4 + l2+l6) + (l1+l5 + l3+l7)`). The quants crate's AVX2 dots pair
+/// values in another lane order (same integers, other float sums), which moves scores by an
+/// ulp; these reproduce llama.cpp's bits.
+mod lane_dot {
+    use half::f16;
+    use longquant_quants::block::iq4_nl::{BlockIQ4NL, KVALUES_IQ4NL};
+    use longquant_quants::block::q8_0::BlockQ8_0;
+    use longquant_quants::block::q8_1::BlockQ8_1;
+
+    /// Value `e` of a 32-value block's packed nibbles (low nibbles first, then high).
+    #[inline(always)]
+    pub(super) fn nib(qs: &[u8; 16], e: usize) -> i32 {
+        i32::from(if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 })
+    }
+
+    /// Bit `e` of a block's fifth bits.
+    #[inline(always)]
+    pub(super) fn bit(qh: [u8; 4], e: usize) -> i32 {
+        ((u32::from_le_bytes(qh) >> e) & 1) as i32
+    }
+
+    #[inline(always)]
+    fn lanes(x: impl Fn(usize) -> i32, y: &[i8; 32]) -> [f32; 8] {
+        std::array::from_fn(|l| {
+            (4 * l..4 * l + 4)
+                .map(|e| x(e) * i32::from(y[e]))
+                .sum::<i32>() as f32
+        })
+    }
+
+    #[inline(always)]
+    fn hsum(v: [f32; 8]) -> f32 {
+        let t: [f32; 4] = std::array::from_fn(|i| v[i + 4] + v[i]);
+        (t[0] + t[2]) + (t[1] + t[3])
+    }
+
+    /// The Q8_0-activation form (Q8_0, Q4_0, Q5_0 weights): one accumulator,
+    /// `acc = fma(f16(x.d)·f16(y.d), lanes, acc)`.
+    pub(super) fn q8_0<B: HasD>(x: &[B], y: &[BlockQ8_0], val: impl Fn(&B, usize) -> i32) -> f32 {
+        let mut acc = [0.0f32; 8];
+        for (xb, yb) in x.iter().zip(y) {
+            let d = xb.d().to_f32() * yb.d.to_f32();
+            let p = lanes(|e| val(xb, e), &yb.qs);
+            for (a, p) in acc.iter_mut().zip(p) {
+                *a = d.mul_add(p, *a);
+            }
+        }
+        hsum(acc)
+    }
+
+    /// The Q8_1 form (Q4_1, Q5_1): `acc = fma(f16(x.d)·f16(y.d), lanes, acc)` over unsigned
+    /// codes, plus `Σ f16(x.m)·f16(y.s)` summed with FMA (GCC contracts `summs += m*s`).
+    pub(super) fn q8_1<B>(
+        x: &[B],
+        y: &[BlockQ8_1],
+        dm: impl Fn(&B) -> (f16, f16),
+        val: impl Fn(&B, usize) -> i32,
+    ) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let mut summs = 0.0f32;
+        for (xb, yb) in x.iter().zip(y) {
+            let (d, m) = dm(xb);
+            summs = m.to_f32().mul_add(yb.s.to_f32(), summs);
+            let dd = d.to_f32() * yb.d.to_f32();
+            let p = lanes(|e| val(xb, e), &yb.qs);
+            for (a, p) in acc.iter_mut().zip(p) {
+                *a = dd.mul_add(p, *a);
+            }
+        }
+        hsum(acc) + summs
+    }
+
+    /// IQ4_NL · Q8_0: two accumulators, even and odd blocks, summed lane-wise before the
+    /// reduction; an odd last block is added in scalar form.
+    pub(super) fn iq4_nl(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
+        let (mut a1, mut a2) = ([0.0f32; 8], [0.0f32; 8]);
+        let val = |b: &BlockIQ4NL, e: usize| i32::from(KVALUES_IQ4NL[nib(&b.qs, e) as usize]);
+        let pairs = x.len() / 2;
+        for i in 0..pairs {
+            for (acc, ib) in [(&mut a1, 2 * i), (&mut a2, 2 * i + 1)] {
+                let d = y[ib].d.to_f32() * x[ib].d.to_f32();
+                let p = lanes(|e| val(&x[ib], e), &y[ib].qs);
+                for (a, p) in acc.iter_mut().zip(p) {
+                    *a = d.mul_add(p, *a);
+                }
+            }
+        }
+        let mut s = hsum(std::array::from_fn(|l| a1[l] + a2[l]));
+        for ib in 2 * pairs..x.len() {
+            let d = y[ib].d.to_f32() * x[ib].d.to_f32();
+            let sumi: i32 = (0..32)
+                .map(|e| val(&x[ib], e) * i32::from(y[ib].qs[e]))
+                .sum();
+            s = d.mul_add(sumi as f32, s);
+        }
+        s
+    }
+
+    /// A block with an f16 scale `d`.
+    pub(super) trait HasD {
+        fn d(&self) -> f16;
+    }
+    macro_rules! has_d {
+        ($($t:ty),*) => {$(impl HasD for $t { fn d(&self) -> f16 { self.d } })*};
+    }
+    use longquant_quants::block::q4_0::BlockQ4_0;
+    use longquant_quants::block::q5_0::BlockQ5_0;
+    has_d!(BlockQ8_0, BlockQ4_0, BlockQ5_0);
 }
 
 /// In-place fast Walsh–Hadamard transform of every `n`-wide piece of `x`, orthonormal (ggml's
