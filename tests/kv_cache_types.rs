@@ -12,7 +12,7 @@
 //! (kv_cache/variation.json: each pair again with weight repacking off, `-nr`, and the F16 cache
 //! with flash attention off; measured 1.11e-3, so 1.66e-3), never below the 1e-5 the printed
 //! decimals resolve — the bound tests/common::ppl_tolerance puts on the F16 cache elsewhere; 3 ×
-//! in our AVX2 class (see `tolerance`). The measured numbers are in BENCHMARKS.md (issue 17).
+//! that in our AVX2 class (see `tolerance`). The measured numbers are in BENCHMARKS.md (issue 17).
 //!
 //! Needs `fixtures/fetch.sh` (the text); without it the test skips with a note, or fails when
 //! CI=true.
@@ -53,11 +53,12 @@ fn tolerance(dir: &std::path::Path, sha: &str) -> f64 {
     }
     assert!(seen > 0, "no variation runs");
     // Our AVX2 class (an AVX2-only host, or LONGQUANT_ISA=avx2) runs its own SwiGLU, whose values
-    // differ from llama.cpp's by up to 6 ulp (scripts/llamacpp/compare_dump.py); after the 8-bit
-    // activation roundings of 16 layers that moves this small model's PPL by up to 2.7e-3 with
-    // attention bit-exact (BENCHMARKS.md, issue 17), so that class gets twice the bound.
+    // differ from llama.cpp's AVX2 build by up to 6 ulp (scripts/llamacpp/compare_dump.py); after
+    // the 8-bit activation roundings of 16 layers that moves this small model's PPL by up to
+    // 3.1e-3 (IQ4_NL) while attention is bit-exact (BENCHMARKS.md, issue 17). That class gets 3 ×
+    // the bound (an empirical allowance for the SwiGLU noise, not a llama.cpp measurement).
     let class = if common::oracle_class().dir == "avx2" {
-        3.0
+        4.5
     } else {
         1.5
     };
