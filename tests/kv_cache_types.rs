@@ -145,3 +145,76 @@ fn bad_cache_type_names_list_the_valid_ones() {
         assert!(e.contains(t.name()), "{e}");
     }
 }
+
+fn longquant(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_longquant"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_forward_command_takes_llama_cpp_cache_flags_and_rejects_bad_names() {
+    // clap checks the values before any file is opened, so the paths need not exist.
+    let cmds: [&[&str]; 5] = [
+        &["perplexity", "m.gguf", "-f", "t.txt"],
+        &["compare", "--model", "m.gguf", "--base", "b.gguf", "-f", "t.txt"],
+        &["sweep", "src", "-f", "t.txt"],
+        &["recall", "m.gguf"],
+        &["imatrix", "m.gguf", "-f", "t.txt", "-o", "o.gguf"],
+    ];
+    for cmd in cmds {
+        for flag in ["-ctk", "-ctv", "--cache-type-k", "--cache-type-v"] {
+            let mut a = cmd.to_vec();
+            a.extend([flag, "q3_k"]);
+            let out = longquant(&a);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{a:?} accepted q3_k");
+            assert!(
+                err.contains("unknown cache type `q3_k`") && err.contains("iq4_nl"),
+                "{a:?}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn perplexity_json_records_the_cache_types() {
+    let Some(text) = fixture("text/licenses.txt") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("tiny.gguf");
+    let opts = ConvertOptions {
+        file_type: TypeChoice::Fixed(FileType::Q8_0),
+        ..ConvertOptions::default()
+    };
+    convert(
+        &root().join("fixtures/tiny-natural"),
+        &gguf,
+        &opts,
+        &mut |_| {},
+    )
+    .unwrap();
+    let out = longquant(&[
+        "--json",
+        "perplexity",
+        gguf.to_str().unwrap(),
+        "-f",
+        text.to_str().unwrap(),
+        "--chunks",
+        "1",
+        "-ctk=q8_0",
+        "-ctv",
+        "q4_0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["cache_type_k"], "q8_0");
+    assert_eq!(doc["cache_type_v"], "q4_0");
+    assert_eq!(doc["kv_type"], "mixed");
+}

@@ -1,5 +1,5 @@
 //! `longquant imatrix MODEL.gguf --file CALIB -o imatrix.gguf [--ctx N] [--chunks K] [--threads T]
-//! [--process-output] [--legacy-dat] [--no-ppl] [--kv-type f16|f32] [--force] [--json]`: collect an
+//! [--process-output] [--legacy-dat] [--no-ppl] [-ctk T] [-ctv T] [--force] [--json]`: collect an
 //! importance matrix as llama-imatrix does, for `quantize --imatrix` (ours or llama-quantize's).
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

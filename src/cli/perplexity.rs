@@ -1,4 +1,4 @@
-//! `longquant perplexity MODEL.gguf --file TEXT [--ctx N] [--chunks K] [--threads T] [--kv-type f16|f32] [--json]`.
+//! `longquant perplexity MODEL.gguf --file TEXT [--ctx N] [--chunks K] [--threads T] [-ctk T] [-ctv T] [--json]`.
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use longquant::eval::perplexity::{perplexity, PerplexityOptions};
