@@ -158,7 +158,9 @@ fn every_forward_command_takes_llama_cpp_cache_flags_and_rejects_bad_names() {
     // clap checks the values before any file is opened, so the paths need not exist.
     let cmds: [&[&str]; 5] = [
         &["perplexity", "m.gguf", "-f", "t.txt"],
-        &["compare", "--model", "m.gguf", "--base", "b.gguf", "-f", "t.txt"],
+        &[
+            "compare", "--model", "m.gguf", "--base", "b.gguf", "-f", "t.txt",
+        ],
         &["sweep", "src", "-f", "t.txt"],
         &["recall", "m.gguf"],
         &["imatrix", "m.gguf", "-f", "t.txt", "-o", "o.gguf"],

@@ -14,12 +14,14 @@
 //!   matrix of size `nrot` (the largest power of two ≥ 64 dividing the head size) on every
 //!   `nrot`-wide piece before K is stored; when V's type is quantized (same condition), V is
 //!   rotated by the 64-wide matrix before it is stored and the attention output is rotated back
-//!   (the matrix is its own inverse). ggml's CPU `mul_mat` with the Hadamard hint runs a fast
+//!   (the matrix is its own inverse); `LLAMA_ATTN_ROT_DISABLE=1` turns both off, as in llama.cpp.
+//!   ggml's CPU `mul_mat` with the Hadamard hint runs a fast
 //!   Walsh–Hadamard transform: scale by `1/sqrtf(n)` first, then butterflies `(u + v, u − v)` of
 //!   widths 1, 2, 4, … (its SIMD passes compute `u − v` as `fma(v, −1, u)`, the same value);
 //! - the query is converted once to K's `vec_dot_type` (Q8_0 for Q8_0/Q4_0/Q5_0/IQ4_NL, Q8_1 for
 //!   Q4_1/Q5_1, the float type itself for F16/BF16/F32);
-//! - then for every visible key in order (masked keys are skipped): `s = vec_dot(K, q)·scale`;
+//! - then for every visible key in order (masked keys are skipped): `s = vec_dot(K, q)·scale`,
+//!   the dot in ggml's AVX2 lane order (see `lane_dot`);
 //!   if `s > M`: `M = s`, `ms = expf(M_old − M)` and the accumulator is scaled by `ms`; else
 //!   `vs = expf(s − M)`; the accumulator gets `V·vs` (`fma(v, vs, acc)` per lane); and
 //!   `S = fma(S, ms, vs)` (GCC contracts `S*ms + vs` with FMA on);
