@@ -5,6 +5,9 @@
 //! cargo run --release --features trace --example dump_acts -- MODEL.gguf TOKENS.json OUT_DIR
 //! ```
 //!
+//! `LONGQUANT_CTK` / `LONGQUANT_CTV` in the environment pick the K/V cache types (`q8_0`, ...;
+//! default f16), to compare with `dump_tensors.py --ctk/--ctv`.
+//!
 //! With the `trace` feature it also writes every traced intermediate (`Qcur-0` after RoPE,
 //! `Kcur-0`, `Vcur-0`, `attn_out-0`, `ffn_inp-0`, `ffn_out-0`, `l_out-0`, ...) the same way.
 //!
@@ -41,13 +44,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })));
         traced
     };
+    let cache = |var: &str| -> Result<longquant::model::KvType, Box<dyn std::error::Error>> {
+        Ok(match std::env::var(var) {
+            Ok(v) => v.parse()?,
+            Err(_) => Default::default(),
+        })
+    };
+    let opts = EvalOptions {
+        cache_type_k: cache("LONGQUANT_CTK")?,
+        cache_type_v: cache("LONGQUANT_CTV")?,
+    };
     let mut index = Vec::new();
     let mut logits = Vec::new();
     let mut err = None;
     m.eval_observed(
         &ids,
         0,
-        &EvalOptions::default(),
+        &opts,
         &mut |_, l| logits.extend_from_slice(l),
         &mut |name, acts| {
             let fname = format!("{:04}_{name}.f32", index.len());

@@ -281,7 +281,7 @@ fn py_method(
     }
     if value.kind() == ValueKind::Map {
         return match method {
-            "items" => state.apply_filter("items", &[value.clone()]),
+            "items" => state.apply_filter("items", std::slice::from_ref(value)),
             "keys" => Ok(Value::from(value.try_iter()?.collect::<Vec<_>>())),
             "values" => {
                 let mut out = Vec::new();

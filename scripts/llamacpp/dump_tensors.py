@@ -5,6 +5,7 @@ Run (from the repository root):
     export LLAMA_CPP_LIB_PATH=/work/cache/llama_cpp_python-0.3.36/vendor/llama.cpp/build/bin
     python3 scripts/llamacpp/dump_tensors.py MODEL.gguf OUT_DIR [--tokens 64] [--threads 2]
         [--text fixtures/cache/text/licenses.txt] [--ids IDS.json] [--no-fa] [--no-repack]
+        [--ctk TYPE] [--ctv TYPE]
 
 It tokenizes the start of the text with the model's own BOS rule (SmolLM2 adds none), keeps the first
 `--tokens` ids (or takes the ids of `--ids`, a JSON list, as they are: for prompts with special
@@ -62,6 +63,8 @@ def main():
     ap.add_argument("--ids", help="JSON list of token ids to evaluate instead of tokenizing --text")
     ap.add_argument("--no-fa", action="store_true")
     ap.add_argument("--no-repack", action="store_true", help="as llama-perplexity --no-repack")
+    ap.add_argument("--ctk", default="f16", help="K cache type, as llama-perplexity -ctk (issue 17)")
+    ap.add_argument("--ctv", default="f16", help="V cache type, as llama-perplexity -ctv")
     args = ap.parse_args()
     lc = llama_cpp()
     libdir = os.environ["LLAMA_CPP_LIB_PATH"]
@@ -120,6 +123,10 @@ def main():
     cp.n_threads = args.threads
     cp.n_threads_batch = args.threads
     cp.flash_attn_type = 0 if args.no_fa else 1  # LLAMA_FLASH_ATTN_TYPE_DISABLED / ENABLED
+    cache_types = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+                   "iq4_nl": 20, "bf16": 30}  # ggml_type values at the vendored commit
+    cp.type_k = cache_types[args.ctk]
+    cp.type_v = cache_types[args.ctv]
     cp.cb_eval = cb_c
     cp.cb_eval_user_data = None
     ctx = lc.llama_init_from_model(model, cp)

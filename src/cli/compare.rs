@@ -7,7 +7,6 @@ use longquant::eval::kld::{
     BaseResultsReader, BaseResultsWriter, CompareOptions, KldReport, KldSnapshot, DEFAULT_TOP_K,
 };
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType};
 use longquant::tokenizer::GgufTokenizer;
 use serde_json::{json, Value};
 use std::io::IsTerminal;
@@ -33,9 +32,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long, short = 't')]
     threads: Option<usize>,
-    /// K/V precision: f16 (llama.cpp's default) or f32.
-    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
-    kv_type: String,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
     /// Also save the base's compact per-position results (top-k log-probs) to FILE.
     #[arg(long, conflicts_with = "base_results")]
     save_base: Option<PathBuf>,
@@ -70,13 +68,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     let opts = CompareOptions {
         n_ctx: a.ctx.unwrap_or(512),
         max_chunks: a.chunks,
-        eval: EvalOptions {
-            kv_type: if a.kv_type == "f32" {
-                KvType::F32
-            } else {
-                KvType::F16
-            },
-        },
+        eval: a.cache.eval(),
     };
     let qfile =
         GgufFile::open(&a.model).with_context(|| format!("opening {}", a.model.display()))?;
@@ -174,7 +166,9 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         if let Value::Object(m) = &mut doc {
             m.insert("model".into(), json!(a.model.display().to_string()));
             m.insert("base".into(), json!(base_name));
-            m.insert("kv_type".into(), json!(a.kv_type));
+            for (k, v) in a.cache.json_fields() {
+                m.insert(k.into(), v);
+            }
             m.insert("threads".into(), json!(rayon::current_num_threads()));
             m.insert("device".into(), json!(a.device.to_string()));
             m.insert(

@@ -1,11 +1,10 @@
 //! `longquant imatrix MODEL.gguf --file CALIB -o imatrix.gguf [--ctx N] [--chunks K] [--threads T]
-//! [--process-output] [--legacy-dat] [--no-ppl] [--kv-type f16|f32] [--force] [--json]`: collect an
+//! [--process-output] [--legacy-dat] [--no-ppl] [-ctk T] [-ctv T] [--force] [--json]`: collect an
 //! importance matrix as llama-imatrix does, for `quantize --imatrix` (ours or llama-quantize's).
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use longquant::eval::imatrix_collect::{collect_imatrix, ImatrixOptions, ImatrixProgress};
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType};
 use longquant::tokenizer::GgufTokenizer;
 use longquant::Refusal;
 use serde_json::json;
@@ -41,9 +40,8 @@ pub struct Args {
     /// Skip the running perplexity (llama-imatrix --no-ppl).
     #[arg(long)]
     no_ppl: bool,
-    /// K/V precision: f16 (llama.cpp's default) or f32.
-    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
-    kv_type: String,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
     /// Where the forward pass runs: cpu, cuda or cuda:N (needs a build with `--features cuda`);
     /// on a GPU the per-column sums of squares are accumulated on the device.
     #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
@@ -93,13 +91,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         max_chunks: a.chunks,
         process_output: a.process_output,
         compute_ppl: !a.no_ppl,
-        eval: EvalOptions {
-            kv_type: if a.kv_type == "f32" {
-                KvType::F32
-            } else {
-                KvType::F16
-            },
-        },
+        eval: a.cache.eval(),
         // llama-imatrix records the text's path as it was given.
         datasets: vec![a.file.display().to_string()],
     };
@@ -154,7 +146,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
 
     let format = if a.legacy_dat { "dat" } else { "gguf" };
     if json_out {
-        let doc = json!({
+        let mut doc = json!({
             "model": a.model.display().to_string(),
             "file": a.file.display().to_string(),
             "output": a.output.display().to_string(),
@@ -170,8 +162,12 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             "seconds": run.seconds,
             "tokens_per_second": run.tokens_per_second,
             "threads": pool.current_num_threads(),
-            "kv_type": a.kv_type,
         });
+        if let Some(m) = doc.as_object_mut() {
+            for (k, v) in a.cache.json_fields() {
+                m.insert(k.into(), v);
+            }
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         // llama-imatrix's running-perplexity line: [chunk]ppl,...

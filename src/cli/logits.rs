@@ -2,7 +2,6 @@
 //! pass's logits, for comparing with other implementations.
 use anyhow::{bail, Context};
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType};
 use longquant::tokenizer::GgufTokenizer;
 use serde_json::json;
 use std::path::PathBuf;
@@ -20,9 +19,8 @@ pub struct Args {
     /// How many top logits to show per position.
     #[arg(long, default_value_t = 5)]
     top: usize,
-    /// K/V precision: f16 (llama.cpp's default) or f32.
-    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
-    kv_type: String,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
     /// Where the forward pass runs: cpu, cuda or cuda:N (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
     device: super::device::Device,
@@ -50,13 +48,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         (None, Some(t)) => t.clone(),
         _ => bail!("give exactly one of --prompt or --tokens"),
     };
-    let opts = EvalOptions {
-        kv_type: if a.kv_type == "f32" {
-            KvType::F32
-        } else {
-            KvType::F16
-        },
-    };
+    let opts = a.cache.eval();
     let n = ids.len();
     let mut rows = Vec::with_capacity(n);
     let mut last = Vec::new();

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod cache;
 mod compare;
 mod convert;
 mod device;
@@ -67,7 +68,7 @@ pub mod exit {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cache::rewrite_short_flags(std::env::args_os()));
     // Ctrl-C/SIGTERM never leave a temporary output behind: the streaming commands stop
     // cooperatively (they check between slices and unwind, removing their temporaries); every
     // other command removes the temporaries it has open and exits at once.

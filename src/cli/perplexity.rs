@@ -1,9 +1,8 @@
-//! `longquant perplexity MODEL.gguf --file TEXT [--ctx N] [--chunks K] [--threads T] [--kv-type f16|f32] [--json]`.
+//! `longquant perplexity MODEL.gguf --file TEXT [--ctx N] [--chunks K] [--threads T] [-ctk T] [-ctv T] [--json]`.
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use longquant::eval::perplexity::{perplexity, PerplexityOptions};
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType};
 use longquant::tokenizer::GgufTokenizer;
 use serde_json::json;
 use std::io::IsTerminal;
@@ -25,9 +24,8 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long, short = 't')]
     threads: Option<usize>,
-    /// K/V precision: f16 (llama.cpp's default) or f32.
-    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
-    kv_type: String,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
     /// Where the forward pass runs: cpu, cuda or cuda:N (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
     device: super::device::Device,
@@ -44,13 +42,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     let opts = PerplexityOptions {
         n_ctx: a.ctx,
         max_chunks: a.chunks,
-        eval: EvalOptions {
-            kv_type: if a.kv_type == "f32" {
-                KvType::F32
-            } else {
-                KvType::F16
-            },
-        },
+        eval: a.cache.eval(),
     };
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(t) = a.threads {
@@ -92,7 +84,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     bar.finish_and_clear();
 
     if json_out {
-        let doc = json!({
+        let mut doc = json!({
             "model": a.model.display().to_string(),
             "file": a.file.display().to_string(),
             "n_ctx": res.n_ctx,
@@ -105,7 +97,6 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             "tokens_per_second": res.tokens_per_second,
             "threads": pool.current_num_threads(),
             "device": model.device_name(),
-            "kv_type": a.kv_type,
             "chunks": res.chunks,
             "by_position": res.by_position.iter().map(|b| json!({
                 "start": b.start,
@@ -114,6 +105,11 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
                 "ppl": b.ppl,
             })).collect::<Vec<_>>(),
         });
+        if let Some(m) = doc.as_object_mut() {
+            for (k, v) in a.cache.json_fields() {
+                m.insert(k.into(), v);
+            }
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         for (i, nll) in res.chunks.iter().enumerate() {

@@ -3,7 +3,6 @@
 //! prompt length × key depth, with greedy generation on the embedded forward pass.
 use anyhow::Context;
 use longquant::formats::gguf::GgufFile;
-use longquant::model::{EvalOptions, KvType};
 use longquant::recall::heatmap::render_svg;
 use longquant::recall::{run_recall, RecallSettings, Subject};
 use longquant::tokenizer::GgufTokenizer;
@@ -38,9 +37,8 @@ pub struct Args {
     /// Most tokens generated per answer.
     #[arg(long, default_value_t = 100)]
     max_new_tokens: usize,
-    /// K/V precision: f16 (llama.cpp's default) or f32.
-    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
-    kv_type: String,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
     /// Where the model runs: cpu, cuda or cuda:N (a build with the `cuda` feature).
     #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
     device: super::device::Device,
@@ -94,13 +92,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         samples: a.samples,
         seed: a.seed,
         max_new_tokens: a.max_new_tokens,
-        eval: EvalOptions {
-            kv_type: if a.kv_type == "f32" {
-                KvType::F32
-            } else {
-                KvType::F16
-            },
-        },
+        eval: a.cache.eval(),
     };
     let total = (a.lengths.len() * a.depths.len() * a.samples) as u64;
     let bar = indicatif::ProgressBar::new(total);
@@ -130,7 +122,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
     }
 
     if json_out {
-        let doc = json!({
+        let mut doc = json!({
             "model": a.model.display().to_string(),
             "base": a.base.as_ref().map(|p| p.display().to_string()),
             "seed": a.seed,
@@ -150,6 +142,11 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             "prompt_tokens": report.prompt_tokens,
             "decode_tokens": report.decode_tokens,
         });
+        if let Some(m) = doc.as_object_mut() {
+            for (k, v) in a.cache.json_fields() {
+                m.insert(k.into(), v);
+            }
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         println!(

@@ -48,6 +48,8 @@ pub struct Args {
     /// with `--features cuda`).
     #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
     device: super::device::Device,
+    #[command(flatten)]
+    cache: super::cache::CacheArgs,
 }
 
 pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
@@ -76,7 +78,10 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", a.file.display()))?;
     let opts = SweepOptions {
         types,
-        compare: default_compare(a.ctx, a.chunks),
+        compare: longquant::eval::kld::CompareOptions {
+            eval: a.cache.eval(),
+            ..default_compare(a.ctx, a.chunks)
+        },
         threads: a.threads,
         imatrix: a.imatrix.clone(),
         bound,
@@ -103,7 +108,13 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", p.display()))?;
     }
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        let mut doc = report.to_json();
+        if let Some(m) = doc.as_object_mut() {
+            for (k, v) in a.cache.json_fields() {
+                m.insert(k.into(), v);
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", report.table());
     }

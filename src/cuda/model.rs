@@ -879,8 +879,8 @@ impl<'a> CudaModel<'a> {
     }
 
     fn check(&self, tokens: &[u32], opts: &EvalOptions) -> Result<(), ModelError> {
-        if opts.kv_type != KvType::F16 {
-            return Err(kv_unsupported());
+        if opts.cache_type_k != KvType::F16 || opts.cache_type_v != KvType::F16 {
+            return Err(kv_unsupported(opts));
         }
         self.host.check_tokens(tokens, 0)
     }
@@ -1090,8 +1090,8 @@ impl Evaluator for CudaModel<'_> {
     }
 
     fn decoder(&self, opts: &EvalOptions) -> Result<Box<dyn Decoder + '_>, ModelError> {
-        if opts.kv_type != KvType::F16 {
-            return Err(kv_unsupported());
+        if opts.cache_type_k != KvType::F16 || opts.cache_type_v != KvType::F16 {
+            return Err(kv_unsupported(opts));
         }
         Ok(Box::new(CudaSession {
             model: self,
@@ -1105,10 +1105,13 @@ impl Evaluator for CudaModel<'_> {
     }
 }
 
-fn kv_unsupported() -> ModelError {
-    ModelError::UnsupportedFeature(
-        "the CUDA backend keeps K/V in f16 (--kv-type f32 runs on the CPU only)".into(),
-    )
+fn kv_unsupported(opts: &EvalOptions) -> ModelError {
+    ModelError::UnsupportedFeature(format!(
+        "the CUDA backend keeps K/V in f16; --cache-type-k {} --cache-type-v {} run on the CPU \
+         only (--device cpu)",
+        opts.cache_type_k.name(),
+        opts.cache_type_v.name()
+    ))
 }
 
 /// Every block format the CUDA backend dequantizes.

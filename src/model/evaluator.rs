@@ -289,7 +289,8 @@ impl Evaluator for Model<'_> {
 
     fn decoder(&self, opts: &EvalOptions) -> Result<Box<dyn Decoder + '_>, ModelError> {
         Ok(Box::new(self.session(SessionOptions {
-            kv_type: opts.kv_type,
+            cache_type_k: opts.cache_type_k,
+            cache_type_v: opts.cache_type_v,
         })))
     }
 }

@@ -21,21 +21,29 @@ use longquant_formats::gguf::GgufFile;
 use longquant_quants::simd::kernels;
 use rayon::prelude::*;
 
-/// How K and V are kept during attention.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum KvType {
-    /// IEEE half, like llama.cpp's default KV cache (`-ctk f16 -ctv f16`); needed to match its numbers.
-    #[default]
-    F16,
-    /// Full precision.
-    F32,
-}
+use super::kv_cache::FaKv;
+pub use super::kv_cache::KvType;
+
+/// A matrix-product input observer (see [`Model::eval_observed`]).
+type Observer<'o> = &'o mut dyn FnMut(&str, &[f32]);
 
 /// Options for [`Model::eval`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EvalOptions {
-    /// K/V storage type.
-    pub kv_type: KvType,
+    /// K cache type (llama.cpp's `--cache-type-k`).
+    pub cache_type_k: KvType,
+    /// V cache type (llama.cpp's `--cache-type-v`).
+    pub cache_type_v: KvType,
+}
+
+impl EvalOptions {
+    /// The same type for K and V.
+    pub fn with_cache_type(t: KvType) -> Self {
+        Self {
+            cache_type_k: t,
+            cache_type_v: t,
+        }
+    }
 }
 
 /// Tokens per tile for the projections and the FFN (bounds the FFN temporaries to
@@ -92,20 +100,31 @@ enum KvSlice<'b> {
 struct LayerKv {
     k: KvData,
     v: KvData,
+    /// Set for every other cache type pair: llama.cpp's one-chunk flash-attention path.
+    fa: Option<FaKv>,
     len: usize,
     n_head_kv: usize,
     head_dim: usize,
 }
 
 impl LayerKv {
-    fn new(t: KvType, n_head_kv: usize, head_dim: usize) -> Self {
-        let data = || match t {
-            KvType::F16 => KvData::F16(Vec::new()),
-            KvType::F32 => KvData::F32(Vec::new()),
+    /// A cache of K type `tk` and V type `tv`. Same-type F16 and F32 pairs keep the blocked
+    /// layout of the tiled kernel; any other pair takes llama.cpp's one-chunk flash-attention
+    /// path ([`FaKv`]), which needs `head_dim % 32 == 0` for the quantized types (checked by
+    /// [`Model::check_cache_types`]).
+    fn new(tk: KvType, tv: KvType, n_head_kv: usize, head_dim: usize) -> Self {
+        let fa = match (tk, tv) {
+            (KvType::F16, KvType::F16) | (KvType::F32, KvType::F32) => None,
+            _ => Some(FaKv::new(tk, tv, n_head_kv, head_dim)),
+        };
+        let data = || match tk {
+            KvType::F16 if fa.is_none() => KvData::F16(Vec::new()),
+            _ => KvData::F32(Vec::new()),
         };
         Self {
             k: data(),
             v: data(),
+            fa,
             len: 0,
             n_head_kv,
             head_dim,
@@ -113,6 +132,9 @@ impl LayerKv {
     }
 
     fn clear(&mut self) {
+        if let Some(fa) = self.fa.as_mut() {
+            fa.clear();
+        }
         for b in [&mut self.k, &mut self.v] {
             match b {
                 KvData::F16(b) => b.clear(),
@@ -133,6 +155,11 @@ impl LayerKv {
         let (nkv, hd) = (self.n_head_kv, self.head_dim);
         let dkv = nkv * hd;
         let n = k.len() / dkv;
+        if let Some(fa) = self.fa.as_mut() {
+            fa.push(k, v);
+            self.len += n;
+            return;
+        }
         let total = (self.len + n).div_ceil(BK) * nkv * self.block_len();
         let len = self.len;
         match (&mut self.k, &mut self.v) {
@@ -280,8 +307,10 @@ fn rms_norm(x: &[f32], gain: &[f32], eps: f32, y: &mut [f32]) {
 /// Options for [`Model::session`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SessionOptions {
-    /// K/V storage type of the cache.
-    pub kv_type: KvType,
+    /// K cache type.
+    pub cache_type_k: KvType,
+    /// V cache type.
+    pub cache_type_v: KvType,
 }
 
 /// Incremental decoding state: a K/V cache for every layer of every position fed so far.
@@ -293,6 +322,7 @@ pub struct SessionOptions {
 #[derive(Debug)]
 pub struct Session<'m, 'a> {
     model: &'m Model<'a>,
+    opts: SessionOptions,
     kv: Vec<LayerKv>,
     len: usize,
 }
@@ -329,6 +359,8 @@ impl Session<'_, '_> {
         on_logits: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), ModelError> {
         self.model.check_tokens(tokens, self.len)?;
+        self.model
+            .check_cache_types(self.opts.cache_type_k, self.opts.cache_type_v)?;
         self.model.run(
             tokens,
             self.len,
@@ -397,11 +429,34 @@ impl<'a> Model<'a> {
     pub fn session(&self, opts: SessionOptions) -> Session<'_, 'a> {
         Session {
             model: self,
+            opts,
             kv: (0..self.config.n_layer)
-                .map(|_| LayerKv::new(opts.kv_type, self.config.n_head_kv, self.config.head_dim))
+                .map(|_| {
+                    LayerKv::new(
+                        opts.cache_type_k,
+                        opts.cache_type_v,
+                        self.config.n_head_kv,
+                        self.config.head_dim,
+                    )
+                })
                 .collect(),
             len: 0,
         }
+    }
+
+    /// Checks that the head size suits the cache types (the quantized types store 32-value
+    /// blocks, as llama.cpp requires).
+    pub(crate) fn check_cache_types(&self, k: KvType, v: KvType) -> Result<(), ModelError> {
+        for t in [k, v] {
+            if !self.config.head_dim.is_multiple_of(t.block_size()) {
+                return Err(ModelError::InvalidConfig(format!(
+                    "cache type {t} needs a head size that is a multiple of {}, this model's is {}",
+                    t.block_size(),
+                    self.config.head_dim
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Checks that `tokens` can be appended at position `p0`.
@@ -441,8 +496,10 @@ impl<'a> Model<'a> {
         on_logits: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), ModelError> {
         self.check_tokens(tokens, 0)?;
+        self.check_cache_types(opts.cache_type_k, opts.cache_type_v)?;
         let mut kv = [LayerKv::new(
-            opts.kv_type,
+            opts.cache_type_k,
+            opts.cache_type_v,
             self.config.n_head_kv,
             self.config.head_dim,
         )];
@@ -466,8 +523,10 @@ impl<'a> Model<'a> {
         observe: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<(), ModelError> {
         self.check_tokens(tokens, 0)?;
+        self.check_cache_types(opts.cache_type_k, opts.cache_type_v)?;
         let mut kv = [LayerKv::new(
-            opts.kv_type,
+            opts.cache_type_k,
+            opts.cache_type_v,
             self.config.n_head_kv,
             self.config.head_dim,
         )];
@@ -496,7 +555,7 @@ impl<'a> Model<'a> {
         scratch: bool,
         logits_from: usize,
         on_logits: &mut dyn FnMut(usize, &[f32]),
-        mut observe: Option<&mut dyn FnMut(&str, &[f32])>,
+        mut observe: Option<Observer<'_>>,
     ) {
         // Shows `acts` to the observer as the input of layer `il`'s tensor `names` (or of a
         // top-level tensor when `il` is None).
@@ -916,6 +975,10 @@ fn attention(q: &mut [f32], p0: usize, kv: &LayerKv, cfg: &LlamaConfig) {
 
 /// [`attention`] with a chosen kernel.
 fn attention_with(kern: AttnKernel, q: &mut [f32], p0: usize, kv: &LayerKv, h: &Heads) {
+    if let Some(fa) = kv.fa.as_ref() {
+        fa.attention(q, p0, h.nh, h.scale);
+        return;
+    }
     let h = *h;
     let d = h.nh * h.hd;
     let n = q.len() / d;
@@ -1446,7 +1509,7 @@ mod tests {
     fn reference(q: &[f32], k: &[f32], v: &[f32], h: &Heads, t: KvType) -> Vec<f32> {
         let round = |x: f32| match t {
             KvType::F16 => f16::from_f32(x).to_f32() as f64,
-            KvType::F32 => x as f64,
+            _ => x as f64,
         };
         let (d, dkv) = (h.nh * h.hd, h.nkv * h.hd);
         let n = q.len() / d;
@@ -1487,7 +1550,7 @@ mod tests {
         let (k, v) = (noise(n * dkv, 2), noise(n * dkv, 3));
         for kern in kernels_here(h.hd) {
             for t in [KvType::F16, KvType::F32] {
-                let mut kv = LayerKv::new(t, h.nkv, h.hd);
+                let mut kv = LayerKv::new(t, t, h.nkv, h.hd);
                 kv.push(&k, &v);
                 let mut batch = q.clone();
                 attention_with(kern, &mut batch, 0, &kv, &h);
@@ -1500,7 +1563,7 @@ mod tests {
                 assert!(worst < 2e-5, "{t:?}: worst error {worst}");
                 // The same queries fed in pieces (a batch, a few, then one at a time) against a
                 // growing cache give the same bits.
-                let mut kv = LayerKv::new(t, h.nkv, h.hd);
+                let mut kv = LayerKv::new(t, t, h.nkv, h.hd);
                 let mut pieces = vec![(0, 70), (70, 80)];
                 pieces.extend((80..n).map(|i| (i, i + 1)));
                 for (a, b) in pieces {
@@ -1510,6 +1573,52 @@ mod tests {
                     for (x, (y, z)) in part.iter().zip(&batch[a * d..b * d]).enumerate() {
                         assert_eq!(y.to_bits(), z.to_bits(), "{t:?} rows {a}..{b}, value {x}");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flash_attention_cache_types_approximate_reference_and_ignore_batching() {
+        // head_dim 64: both halves of a quantized cache are Hadamard-rotated.
+        let h = Heads::new(4, 2, 64);
+        let (d, dkv, n) = (h.nh * h.hd, h.nkv * h.hd, 300);
+        let q: Vec<f32> = noise(n * d, 1).iter().map(|x| 2.0 * x).collect();
+        let (k, v) = (noise(n * dkv, 2), noise(n * dkv, 3));
+        let want = reference(&q, &k, &v, &h, KvType::F32);
+        let pairs = [
+            (KvType::F32, KvType::F16, 2e-3),
+            (KvType::BF16, KvType::BF16, 2e-2),
+            (KvType::F16, KvType::Q8_0, 2e-2),
+            (KvType::Q8_0, KvType::F16, 2e-2),
+            (KvType::Q8_0, KvType::Q8_0, 2e-2),
+            (KvType::Q5_1, KvType::Q5_0, 8e-2),
+            (KvType::Q4_1, KvType::IQ4_NL, 0.35),
+            (KvType::Q4_0, KvType::Q4_0, 0.35),
+        ];
+        for (tk, tv, bound) in pairs {
+            let mut kv = LayerKv::new(tk, tv, h.nkv, h.hd);
+            assert!(kv.fa.is_some());
+            kv.push(&k, &v);
+            let mut batch = q.clone();
+            attention_with(AttnKernel::detect(h.hd), &mut batch, 0, &kv, &h);
+            let worst = batch
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < bound, "{tk}/{tv}: worst error {worst}");
+            let mut kv = LayerKv::new(tk, tv, h.nkv, h.hd);
+            for (a, b) in [(0, 100), (100, 101), (101, 240), (240, 300)] {
+                kv.push(&k[a * dkv..b * dkv], &v[a * dkv..b * dkv]);
+                let mut part = q[a * d..b * d].to_vec();
+                attention_with(AttnKernel::detect(h.hd), &mut part, a, &kv, &h);
+                for (x, (y, z)) in part.iter().zip(&batch[a * d..b * d]).enumerate() {
+                    assert_eq!(
+                        y.to_bits(),
+                        z.to_bits(),
+                        "{tk}/{tv} rows {a}..{b}, value {x}"
+                    );
                 }
             }
         }

@@ -119,7 +119,7 @@ pub(crate) fn quantize_acts(fmt: ActFormat, x: &[f32], cols: usize) -> Acts {
 /// which is right for weights (file bytes) but differs on a few activations per row; Q8_0
 /// models are sensitive enough to that to move perplexity by ~0.2 % (SmolLM2), so the forward
 /// pass uses ggml's run-time rule.
-fn quantize_row_q8_0_x86(x: &[f32], y: &mut [BlockQ8_0]) {
+pub(crate) fn quantize_row_q8_0_x86(x: &[f32], y: &mut [BlockQ8_0]) {
     for (xb, yb) in x.chunks_exact(q8_0::QK8_0).zip(y.iter_mut()) {
         let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };

@@ -6,6 +6,7 @@ mod error;
 pub mod evaluator;
 pub mod forward;
 mod kernels;
+mod kv_cache;
 mod mm_float;
 mod mm_kquant;
 #[cfg(target_arch = "x86_64")]

@@ -24,7 +24,8 @@ impl<'m, 'a> Cached<'m, 'a> {
     pub fn new(model: &'m Model<'a>, opts: EvalOptions) -> Self {
         Self {
             session: model.session(SessionOptions {
-                kv_type: opts.kv_type,
+                cache_type_k: opts.cache_type_k,
+                cache_type_v: opts.cache_type_v,
             }),
         }
     }

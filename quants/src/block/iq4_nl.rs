@@ -300,6 +300,53 @@ pub fn quantize_row_iq4_nl(x: &[f32], y: &mut [BlockIQ4NL]) {
     quantize_rows(x, y, None);
 }
 
+// ggml: quantize_row_iq4_nl_ref
+/// ggml's `quantize_row_iq4_nl_ref`, what its CPU `set_rows` writes into an IQ4_NL KV cache:
+/// the search of [`quantize_row_iq4_nl`] with no trial scales (`ntry = -1`): per block, weights
+/// x², a first scale `max / −127` (the value of largest magnitude onto the level −127), the
+/// indices against it, and the least-squares refit `Σw·q·x / Σw·q²` stored as f16 without
+/// re-indexing. A block below the group epsilon gets scale 0; its indices are 0 here (ggml keeps
+/// whatever its scratch buffer held; they decode to 0 either way).
+///
+/// # Panics
+/// If `x.len() != y.len() * 32`.
+pub fn quantize_row_iq4_nl_ref(x: &[f32], y: &mut [BlockIQ4NL]) {
+    assert_eq!(
+        x.len(),
+        y.len() * QK4_NL,
+        "quantize_row_iq4_nl_ref: length mismatch"
+    );
+    let values = &KVALUES_IQ4NL;
+    for (xb, yb) in x.chunks_exact(QK4_NL).zip(y.iter_mut()) {
+        let mut l = [0u8; QK4_NL];
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let mut d = 0.0f32;
+        if amax >= GROUP_MAX_EPS {
+            let id = 1.0 / (max / f32::from(values[0]));
+            let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+            for (j, &v) in xb.iter().enumerate() {
+                let li = best_index_int8(values, id * v);
+                l[j] = li;
+                let q = f32::from(values[li as usize]);
+                let w = v * v;
+                sumqx += w * q * v;
+                sumq2 += w * q * q;
+            }
+            d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+        }
+        yb.d = f16::from_f32(d);
+        for j in 0..QK4_NL / 2 {
+            yb.qs[j] = l[j] | (l[QK4_NL / 2 + j] << 4);
+        }
+    }
+}
+
 // ggml: quantize_iq4_nl (quant_weights != NULL)
 /// Importance-weighted IQ4_NL quantization (`qw` covers exactly `x`).
 ///
