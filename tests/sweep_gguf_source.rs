@@ -34,6 +34,7 @@ fn options(types: &[FileType], work: &Path) -> SweepOptions {
         top_k: 32,
         work_dir: Some(work.to_path_buf()),
         device: Default::default(),
+        caches: Vec::new(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `longquant sweep SRC --file TEXT [--types ...] [--ctx N] [--chunks K] [--threads T]
-//! [--imatrix FILE] [--max-size SIZE | --max-kld X] [--plot sweep.svg] [--json]`.
+//! [--imatrix FILE] [--max-size SIZE | --max-kld X | --max-memory SIZE] [--cache-types T,...]
+//! [--plot sweep.svg] [--json]`.
 use anyhow::{bail, Context};
 use longquant::convert::mix::FileType;
 use longquant::eval::kld::DEFAULT_TOP_K;
@@ -35,6 +36,15 @@ pub struct Args {
     /// Recommend the smallest level whose mean KLD is at most this.
     #[arg(long)]
     max_kld: Option<f64>,
+    /// Recommend the lowest-KLD (level, cache type) whose weights plus K/V cache at --ctx fit in
+    /// SIZE (e.g. 12GiB).
+    #[arg(long, conflicts_with_all = ["max_kld", "max_size"])]
+    max_memory: Option<String>,
+    /// Evaluate every level with each of these K/V cache types (llama.cpp's names; `K/V` for a
+    /// mixed pair, e.g. q8_0/f16): the table becomes weights × cache. The reference keeps
+    /// --cache-type-k/-v (default f16).
+    #[arg(long, value_delimiter = ',')]
+    cache_types: Vec<String>,
     /// Write an SVG plot of size against KLD.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -66,7 +76,26 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     };
+    let caches = a
+        .cache_types
+        .iter()
+        .map(|c| {
+            let c = c.trim();
+            let (k, v) = c.split_once('/').unwrap_or((c, c));
+            let p = |t: &str| {
+                t.parse::<longquant::model::KvType>()
+                    .map_err(|e| anyhow::anyhow!("--cache-types {c}: {e}"))
+            };
+            Ok((p(k)?, p(v)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let bound = match (&a.max_size, a.max_kld) {
+        _ if a.max_memory.is_some() => {
+            let s = a.max_memory.as_deref().unwrap_or_default();
+            Some(Bound::MaxMemory(
+                longquant::export::parse_size(s).with_context(|| format!("--max-memory {s}"))?,
+            ))
+        }
         (Some(s), _) => Some(Bound::MaxSize(
             longquant::export::parse_size(s).with_context(|| format!("--max-size {s}"))?,
         )),
@@ -88,6 +117,7 @@ pub fn run(a: Args, json_out: bool) -> anyhow::Result<()> {
         top_k: a.top_k,
         work_dir: a.work_dir.clone(),
         device: a.device,
+        caches,
     };
     let quiet = json_out;
     let report = sweep(&a.src, &text, &opts, &mut |msg| {

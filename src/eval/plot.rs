@@ -33,16 +33,29 @@ pub fn xml_escape(s: &str) -> String {
 /// Renders the sweep as an SVG document. Levels with a non-positive or non-finite KLD are drawn
 /// at the bottom of the axis (a log scale has no place for them).
 pub fn sweep_svg(r: &SweepReport, title: &str) -> String {
-    let pts: Vec<(f64, f64, &str, bool)> = r
+    // A weights × cache sweep plots weights + K/V cache at the context, labelled LEVEL+CACHE.
+    let caches = r.rows.iter().any(|x| {
+        (x.cache_type_k, x.cache_type_v) != (r.rows[0].cache_type_k, r.rows[0].cache_type_v)
+    });
+    let pts: Vec<(f64, f64, String, bool)> = r
         .rows
         .iter()
         .map(|row| {
-            (
-                row.gib(),
-                row.report.kld.value,
-                row.file_type.name(),
-                row.pareto,
-            )
+            if caches {
+                (
+                    row.memory_bytes() as f64 / (1u64 << 30) as f64,
+                    row.report.kld.value,
+                    format!("{}+{}", row.file_type.name(), row.cache_name()),
+                    row.pareto,
+                )
+            } else {
+                (
+                    row.gib(),
+                    row.report.kld.value,
+                    row.file_type.name().to_string(),
+                    row.pareto,
+                )
+            }
         })
         .collect();
     let pos_kld: Vec<f64> = pts
@@ -144,9 +157,14 @@ pub fn sweep_svg(r: &SweepReport, title: &str) -> String {
     }
     let _ = writeln!(
         o,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">file size (GiB)</text>"#,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
         LEFT + pw / 2.0,
-        H - 14.0
+        H - 14.0,
+        if caches {
+            "weights + K/V cache at the context (GiB)"
+        } else {
+            "file size (GiB)"
+        }
     );
     let _ = writeln!(
         o,
@@ -155,7 +173,7 @@ pub fn sweep_svg(r: &SweepReport, title: &str) -> String {
         TOP + ph / 2.0
     );
     // Pareto front.
-    let mut front: Vec<&(f64, f64, &str, bool)> = pts.iter().filter(|p| p.3).collect();
+    let mut front: Vec<&(f64, f64, String, bool)> = pts.iter().filter(|p| p.3).collect();
     front.sort_by(|a, b| a.0.total_cmp(&b.0));
     if front.len() > 1 {
         let line: Vec<String> = front
@@ -181,7 +199,7 @@ pub fn sweep_svg(r: &SweepReport, title: &str) -> String {
         let _ = writeln!(
             o,
             r#"<circle cx="{xx:.1}" cy="{yy:.1}" r="4" fill="{color}"><title>{}: {:.4} GiB, KLD {:.6}</title></circle>"#,
-            xml_escape(p.2),
+            xml_escape(&p.2),
             p.0,
             p.1
         );
@@ -190,7 +208,7 @@ pub fn sweep_svg(r: &SweepReport, title: &str) -> String {
             r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
             xx + 7.0,
             yy - 6.0,
-            xml_escape(p.2)
+            xml_escape(&p.2)
         );
     }
     let _ = writeln!(

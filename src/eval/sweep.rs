@@ -24,7 +24,7 @@ use crate::convert::pipeline::{convert, ConvertError, ConvertOptions, ConvertRep
 use crate::convert::quantize::{quantize, QuantizeOptions};
 use crate::formats::gguf::GgufFile;
 use crate::formats::GgmlType;
-use crate::model::{load_on, Device, EvalOptions, ModelError};
+use crate::model::{load_on, Device, EvalOptions, KvType, ModelError};
 use crate::tokenizer::{GgufTokenizer, TokenizerError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -92,6 +92,9 @@ pub enum Bound {
     MaxSize(u64),
     /// The smallest level whose mean KLD is at most this.
     MaxKld(f64),
+    /// The lowest-KLD (level, cache) whose weights plus K/V cache at the sweep's context take at
+    /// most this many bytes.
+    MaxMemory(u64),
 }
 
 /// What to sweep.
@@ -113,6 +116,9 @@ pub struct SweepOptions {
     pub work_dir: Option<PathBuf>,
     /// Where the reference and every level are evaluated.
     pub device: Device,
+    /// K/V cache types (K, V) each level is evaluated with, one row per level and pair; empty:
+    /// the one pair of `compare.eval`. The reference always runs with `compare.eval`'s caches.
+    pub caches: Vec<(KvType, KvType)>,
 }
 
 /// One level's measurements.
@@ -128,11 +134,27 @@ pub struct SweepRow {
     pub quantize_seconds: f64,
     /// The comparison with the reference.
     pub report: KldReport,
-    /// On the size/KLD Pareto front.
+    /// On the size/KLD Pareto front (size = weights + K/V cache at the sweep's context).
     pub pareto: bool,
+    /// K cache type the level was evaluated with.
+    pub cache_type_k: KvType,
+    /// V cache type.
+    pub cache_type_v: KvType,
+    /// Bytes of the K/V cache at the sweep's context (every layer).
+    pub cache_bytes: u64,
 }
 
 impl SweepRow {
+    /// Weights plus K/V cache at the sweep's context, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.size_bytes.saturating_add(self.cache_bytes)
+    }
+
+    /// `q8_0` when K and V share a type, else `q8_0/f16` (K/V).
+    pub fn cache_name(&self) -> String {
+        cache_pair_name(self.cache_type_k, self.cache_type_v)
+    }
+
     /// File size in GiB.
     pub fn gib(&self) -> f64 {
         self.size_bytes as f64 / (1u64 << 30) as f64
@@ -197,7 +219,7 @@ impl Drop for TempDir {
 pub fn mark_pareto(rows: &mut [SweepRow]) {
     let pts: Vec<(u64, f64)> = rows
         .iter()
-        .map(|r| (r.size_bytes, r.report.kld.value))
+        .map(|r| (r.memory_bytes(), r.report.kld.value))
         .collect();
     for (i, r) in rows.iter_mut().enumerate() {
         let (s, k) = pts[i];
@@ -221,7 +243,37 @@ pub fn recommend(rows: &[SweepRow], bound: Option<Bound>) -> Option<usize> {
     match bound? {
         Bound::MaxKld(x) => by(&|r| r.report.kld.value <= x, &|r| r.size_bytes as f64),
         Bound::MaxSize(s) => by(&|r| r.size_bytes <= s, &|r| r.report.kld.value),
+        Bound::MaxMemory(m) => by(&|r| r.memory_bytes() <= m, &|r| r.report.kld.value),
     }
+}
+
+/// `q8_0`, or `K/V` when the two halves differ.
+pub fn cache_pair_name(k: KvType, v: KvType) -> String {
+    if k == v {
+        k.name().to_string()
+    } else {
+        format!("{}/{}", k.name(), v.name())
+    }
+}
+
+/// Bytes of one value in a cache of type `t` (block types: block bytes / 32).
+fn cache_value_bytes(t: KvType) -> f64 {
+    match t {
+        KvType::F32 => 4.0,
+        KvType::F16 | KvType::BF16 => 2.0,
+        KvType::Q8_0 => 34.0 / 32.0,
+        KvType::Q5_1 => 24.0 / 32.0,
+        KvType::Q5_0 => 22.0 / 32.0,
+        KvType::Q4_1 => 20.0 / 32.0,
+        KvType::Q4_0 | KvType::IQ4_NL => 18.0 / 32.0,
+    }
+}
+
+/// Bytes of a K/V cache of `n_ctx` positions for `config` (every layer, K and V), as llama.cpp
+/// allocates it.
+pub fn cache_bytes(config: &crate::model::LlamaConfig, n_ctx: usize, k: KvType, v: KvType) -> u64 {
+    let per_pos = (config.n_layer * config.n_embd_kv()) as f64;
+    (per_pos * n_ctx as f64 * (cache_value_bytes(k) + cache_value_bytes(v))).round() as u64
 }
 
 enum Src {
@@ -303,8 +355,16 @@ pub fn sweep(
     let reference_seconds = ref_start.elapsed().as_secs_f64();
     drop(ref_file);
 
-    // 2. Each level.
-    let mut rows = Vec::with_capacity(opts.types.len());
+    // 2. Each level, with each cache pair.
+    let caches = if opts.caches.is_empty() {
+        vec![(
+            opts.compare.eval.cache_type_k,
+            opts.compare.eval.cache_type_v,
+        )]
+    } else {
+        opts.caches.clone()
+    };
+    let mut rows = Vec::with_capacity(opts.types.len() * caches.len());
     for &ft in &opts.types {
         let name = ft.name();
         progress(&format!("making {name}"));
@@ -332,40 +392,57 @@ pub fn sweep(
             source: Box::new(source),
         })?;
         let quantize_seconds = t0.elapsed().as_secs_f64();
-        let report = {
+        {
             let f = GgufFile::open(&out)?;
             let model = load_on(&f, opts.device).map_err(|source| SweepError::Model {
                 what: name.into(),
                 source,
             })?;
-            let cmp_err = |source| SweepError::Compare {
-                what: name.into(),
-                source,
-            };
-            let mut reader = BaseResultsReader::open(&base_results).map_err(cmp_err)?;
-            compare_with_saved(
-                &mut reader,
-                model.as_ref(),
-                vocab_fingerprint(f.metadata()),
-                &opts.compare,
-                &mut |d, t, s| {
-                    progress(&format!(
-                        "{name}: chunk {d}/{t}, KLD {:.5}, same top {:.2}%",
-                        s.kld, s.same_top_p
-                    ))
-                },
-            )
-            .map_err(cmp_err)?
-        };
+            for &(ck, cv) in &caches {
+                let what = if caches.len() > 1 {
+                    format!("{name} with a {} cache", cache_pair_name(ck, cv))
+                } else {
+                    name.to_string()
+                };
+                let cmp_err = |source| SweepError::Compare {
+                    what: what.clone(),
+                    source,
+                };
+                let mut reader = BaseResultsReader::open(&base_results).map_err(cmp_err)?;
+                let copts = CompareOptions {
+                    eval: EvalOptions {
+                        cache_type_k: ck,
+                        cache_type_v: cv,
+                    },
+                    ..opts.compare.clone()
+                };
+                let report = compare_with_saved(
+                    &mut reader,
+                    model.as_ref(),
+                    vocab_fingerprint(f.metadata()),
+                    &copts,
+                    &mut |d, t, s| {
+                        progress(&format!(
+                            "{what}: chunk {d}/{t}, KLD {:.5}, same top {:.2}%",
+                            s.kld, s.same_top_p
+                        ))
+                    },
+                )
+                .map_err(cmp_err)?;
+                rows.push(SweepRow {
+                    file_type: ft,
+                    size_bytes: rep.file_size,
+                    bits_per_weight: rep.bits_per_weight(),
+                    quantize_seconds,
+                    report,
+                    pareto: false,
+                    cache_type_k: ck,
+                    cache_type_v: cv,
+                    cache_bytes: cache_bytes(model.config(), opts.compare.n_ctx, ck, cv),
+                });
+            }
+        }
         let _ = std::fs::remove_file(&out);
-        rows.push(SweepRow {
-            file_type: ft,
-            size_bytes: rep.file_size,
-            bits_per_weight: rep.bits_per_weight(),
-            quantize_seconds,
-            report,
-            pareto: false,
-        });
     }
     mark_pareto(&mut rows);
     let recommended = recommend(&rows, opts.bound);
@@ -431,15 +508,21 @@ impl SweepReport {
                 "same_top_p": row.report.same_top_p.value,
                 "long_kld": row.long_kld(),
                 "quantize_seconds": row.quantize_seconds,
+                "cache_type_k": row.cache_type_k.name(),
+                "cache_type_v": row.cache_type_v.name(),
+                "cache_bytes": row.cache_bytes,
+                "memory_bytes": row.memory_bytes(),
                 "pareto": row.pareto,
                 "compare": row.report.to_json(),
             })).collect::<Vec<_>>(),
             "bound": match r.bound {
                 Some(Bound::MaxSize(s)) => serde_json::json!({"max_size_bytes": s}),
                 Some(Bound::MaxKld(k)) => serde_json::json!({"max_kld": k}),
+                Some(Bound::MaxMemory(m)) => serde_json::json!({"max_memory_bytes": m}),
                 None => serde_json::Value::Null,
             },
             "recommended": r.recommended.and_then(|i| r.rows.get(i)).map(|row| row.file_type.name()),
+            "recommended_cache": r.recommended.and_then(|i| r.rows.get(i)).map(|row| row.cache_name()),
             "seconds": r.seconds,
         })
     }
@@ -455,8 +538,17 @@ impl SweepReport {
             r.reference_ppl,
             r.reference_seconds
         ));
+        // A cache column when the rows differ in cache type (weights × cache sweeps).
+        let caches = r.rows.iter().any(|x| {
+            (x.cache_type_k, x.cache_type_v) != (r.rows[0].cache_type_k, r.rows[0].cache_type_v)
+        });
         o.push_str(&format!(
-            "{:<8} {:>9} {:>6} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>8}  \n",
+            "{}{:<8} {:>9} {:>6} {:>10} {:>9} {:>10} {:>10} {:>9} {:>10} {:>8}  \n",
+            if caches {
+                format!("{:<10} ", "cache")
+            } else {
+                String::new()
+            },
             "type",
             "GiB",
             "bpw",
@@ -476,7 +568,8 @@ impl SweepReport {
                 (false, false) => "",
             };
             o.push_str(&format!(
-                "{:<8} {:>9.4} {:>6.2} {:>10.4} {:>+9.4} {:>10.6} {:>10.6} {:>8.2}% {:>10.6} {:>8.1}  {mark}\n",
+                "{}{:<8} {:>9.4} {:>6.2} {:>10.4} {:>+9.4} {:>10.6} {:>10.6} {:>8.2}% {:>10.6} {:>8.1}  {mark}\n",
+                if caches { format!("{:<10} ", row.cache_name()) } else { String::new() },
                 row.file_type.name(),
                 row.gib(),
                 row.bits_per_weight,
@@ -489,11 +582,24 @@ impl SweepReport {
                 row.quantize_seconds,
             ));
         }
-        o.push_str("* = on the size/KLD Pareto front\n");
+        if caches {
+            o.push_str("* = on the Pareto front of weights + K/V cache at the context vs KLD\n");
+        } else {
+            o.push_str("* = on the size/KLD Pareto front\n");
+        }
         match (r.bound, r.recommended) {
             (Some(_), Some(i)) => {
                 if let Some(row) = r.rows.get(i) {
-                    o.push_str(&format!("recommended: {}\n", row.file_type.name()));
+                    if caches || matches!(r.bound, Some(Bound::MaxMemory(_))) {
+                        o.push_str(&format!(
+                            "recommended: {} with a {} cache ({:.4} GiB with its cache)\n",
+                            row.file_type.name(),
+                            row.cache_name(),
+                            row.memory_bytes() as f64 / (1u64 << 30) as f64
+                        ));
+                    } else {
+                        o.push_str(&format!("recommended: {}\n", row.file_type.name()));
+                    }
                 }
             }
             (Some(_), None) => o.push_str("recommended: none of the levels meets the bound\n"),
