@@ -136,7 +136,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut w = vec![iq4_xs::BlockIQ4XS::default(); rows * bpr];
                 (k.quantize_row_iq4_xs)(&x, &mut w);
                 for n in TOKENS {
-                    run("iq4_xs", (rows, cols), n, &w, &a[..n * bpr], mk::matmul_iq4xs);
+                    run(
+                        "iq4_xs",
+                        (rows, cols),
+                        n,
+                        &w,
+                        &a[..n * bpr],
+                        mk::matmul_iq4xs,
+                    );
                 }
             }
             if want("q4_k") {

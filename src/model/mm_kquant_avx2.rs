@@ -354,10 +354,10 @@ pub(super) unsafe fn q2k<const N: usize>(w: &[BlockQ2K], a: &[BlockQ8K]) -> [f32
                     _mm256_permute4x64_epi64::<0xee>(sc16)
                 };
                 let mut q2 = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * h).cast());
-                for s in 0..4 {
+                for (s, spread) in Q6_SPREAD.iter().enumerate() {
                     let codes = _mm256_and_si256(q2, m3);
                     q2 = _mm256_srli_epi16::<2>(q2);
-                    let sv = _mm256_shuffle_epi8(sc, ctrl(&Q6_SPREAD[s]));
+                    let sv = _mm256_shuffle_epi8(sc, ctrl(spread));
                     let g = 4 * h + s;
                     for t in 0..N {
                         let y = _mm256_loadu_si256(ab[t].qs.as_ptr().add(32 * g).cast());
@@ -440,12 +440,12 @@ pub(super) unsafe fn q3k<const N: usize>(w: &[BlockQ3K], a: &[BlockQ8K]) -> [f32
                     _mm256_permute4x64_epi64::<0xee>(sc16)
                 };
                 let mut q = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * h).cast());
-                for s in 0..4 {
+                for (s, spread) in Q6_SPREAD.iter().enumerate() {
                     let bit = _mm256_and_si256(_mm256_slli_epi16::<2>(hm), four);
                     hm = _mm256_srli_epi16::<1>(hm);
                     let u = _mm256_or_si256(_mm256_and_si256(q, m3), bit);
                     q = _mm256_srli_epi16::<2>(q);
-                    let sv = _mm256_shuffle_epi8(sc, ctrl(&Q6_SPREAD[s]));
+                    let sv = _mm256_shuffle_epi8(sc, ctrl(spread));
                     let g = 4 * h + s;
                     for t in 0..N {
                         let y = _mm256_loadu_si256(ab[t].qs.as_ptr().add(32 * g).cast());
