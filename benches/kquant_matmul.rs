@@ -3,11 +3,11 @@
 //! dots), on a fixed rayon pool, so the variants can be compared back to back on one machine.
 //!
 //! Usage: `cargo bench --bench kquant_matmul -- [THREADS] [FORMAT...]`
-//! (THREADS defaults to 2; FORMAT is any of q4_k q5_k q6_k, default all). Prints one line per
+//! (THREADS defaults to 2; FORMAT is any of q2_k q3_k q4_k q5_k q6_k iq4_xs, default all). Prints one line per
 //! (format, shape, tokens, variant): the best of several timed calls (variants interleaved), in milliseconds and in
 //! giga weight·token products per second, and the speed relative to the row-by-row variant.
 use longquant::model::mm_kquant_bench::{self as mk, Variant};
-use longquant::quants::block::{q4_k, q5_k, q6_k, q8_k::BlockQ8K};
+use longquant::quants::block::{iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k, q8_k::BlockQ8K};
 use longquant::quants::simd::kernels;
 use longquant::quants::QK_K;
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ fn run<W>(
         let s = t.as_secs_f64();
         let gops = (rows * cols * n_tok) as f64 / s / 1e9;
         println!(
-            "{name:5} {rows:5}x{cols:<5} tok {n_tok:4} {:7} {:9.3} ms {gops:7.2} G/s  x{:.2} vs Rows",
+            "{name:6} {rows:5}x{cols:<5} tok {n_tok:4} {:7} {:9.3} ms {gops:7.2} G/s  x{:.2} vs Rows",
             format!("{v:?}"),
             s * 1e3,
             rows_t.as_secs_f64() / s
@@ -118,6 +118,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let max_tok = TOKENS.iter().copied().max().unwrap_or(1);
             let mut a = vec![BlockQ8K::default(); max_tok * bpr];
             (k.quantize_row_q8_k)(&values(max_tok * cols, 99), &mut a);
+            if want("q2_k") {
+                let mut w = vec![q2_k::BlockQ2K::default(); rows * bpr];
+                (k.quantize_row_q2_k)(&x, &mut w);
+                for n in TOKENS {
+                    run("q2_k", (rows, cols), n, &w, &a[..n * bpr], mk::matmul_q2k);
+                }
+            }
+            if want("q3_k") {
+                let mut w = vec![q3_k::BlockQ3K::default(); rows * bpr];
+                (k.quantize_row_q3_k)(&x, &mut w);
+                for n in TOKENS {
+                    run("q3_k", (rows, cols), n, &w, &a[..n * bpr], mk::matmul_q3k);
+                }
+            }
+            if want("iq4_xs") {
+                let mut w = vec![iq4_xs::BlockIQ4XS::default(); rows * bpr];
+                (k.quantize_row_iq4_xs)(&x, &mut w);
+                for n in TOKENS {
+                    run(
+                        "iq4_xs",
+                        (rows, cols),
+                        n,
+                        &w,
+                        &a[..n * bpr],
+                        mk::matmul_iq4xs,
+                    );
+                }
+            }
             if want("q4_k") {
                 let mut w = vec![q4_k::BlockQ4K::default(); rows * bpr];
                 (k.quantize_row_q4_k)(&x, &mut w);

@@ -202,35 +202,21 @@ pub(crate) fn matmul(k: &Kernels, w: &Weight<'_>, acts: &Acts, n_tok: usize, out
         (WeightData::Q6K(wd), Acts::Q8K(a)) => {
             mm_kquant::matmul_q6k(k, wd, bpr, a, n_tok, rows, out)
         }
-        // The newer types use the row-dot kernels of the quants crate through the generic tiling.
         (WeightData::Q2K(wd), Acts::Q8K(a)) => {
-            mm(wd, bpr, n_tok, rows, row_bytes(a, bpr), out, |wr, t| {
-                (k.vec_dot_q2_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-            })
+            mm_kquant::matmul_q2k(k, wd, bpr, a, n_tok, rows, out)
         }
         (WeightData::Q3K(wd), Acts::Q8K(a)) => {
-            mm(wd, bpr, n_tok, rows, row_bytes(a, bpr), out, |wr, t| {
-                (k.vec_dot_q3_k_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-            })
+            mm_kquant::matmul_q3k(k, wd, bpr, a, n_tok, rows, out)
         }
         (WeightData::IQ4XS(wd), Acts::Q8K(a)) => {
-            mm(wd, bpr, n_tok, rows, row_bytes(a, bpr), out, |wr, t| {
-                (k.vec_dot_iq4_xs_q8_k)(wr, &a[t * bpr..(t + 1) * bpr])
-            })
+            mm_kquant::matmul_iq4xs(k, wd, bpr, a, n_tok, rows, out)
         }
         (WeightData::IQ4NL(wd), Acts::Q8_0(a)) => {
-            mm(wd, bpr, n_tok, rows, row_bytes(a, bpr), out, |wr, t| {
-                (k.vec_dot_iq4_nl_q8_0)(wr, &a[t * bpr..(t + 1) * bpr])
-            })
+            mm_kquant::matmul_iq4nl(k, wd, bpr, a, n_tok, rows, out)
         }
         // ActCache picks the format from the weight, so other pairings cannot be constructed.
         _ => unreachable!("activation format does not match the weight type"),
     }
-}
-
-/// Bytes of one token's activation row of `bpr` blocks of `a`'s block type.
-fn row_bytes<A>(_a: &[A], bpr: usize) -> usize {
-    bpr * std::mem::size_of::<A>()
 }
 
 /// The row-dot product through the scheduler: `dot(w_row, t)` is one weight row (`wbpr`

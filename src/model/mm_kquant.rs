@@ -1,6 +1,13 @@
-//! Matrix products of K-quant weights (Q4_K, Q5_K, Q6_K) times Q8_K activations.
+//! Matrix products of K-quant weights (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and IQ4_XS times Q8_K
+//! activations, and of IQ4_NL times Q8_0.
 //!
 //! Entry points called by `kernels::matmul`: `out[t * rows + r] = w[r] · a[t]`.
+//!
+//! Q2_K, Q3_K, IQ4_XS and IQ4_NL have AVX2 tile kernels only (`mm_kquant_avx2`, the same
+//! driver and unpack-once structure as Q4_K's): they reproduce the AVX2 row dot of the kernel
+//! table bit for bit, under the `Avx2` variant and, on AVX-512 hosts, under `Avx512` too (whose
+//! row dots for these types are the AVX2 ones), so the forward pass's numbers for these types
+//! are those of the row-by-row products it used before. The text below is about Q4_K..Q6_K.
 //!
 //! Where the CPU has AVX-512 (BW + VNNI) a register-tiled kernel is used: each weight
 //! super-block is loaded, unpacked to one byte per weight in activation order, and its sub-block
@@ -42,7 +49,10 @@ use super::kernels::mm;
 use super::mm_kquant_avx2 as x256;
 #[cfg(target_arch = "x86_64")]
 use super::schedule::{self, Shape, Task};
-use longquant_quants::block::{q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k::BlockQ6K, q8_k::BlockQ8K};
+use longquant_quants::block::{
+    iq4_nl::BlockIQ4NL, iq4_xs::BlockIQ4XS, q2_k::BlockQ2K, q3_k::BlockQ3K, q4_k::BlockQ4K,
+    q5_k::BlockQ5K, q6_k::BlockQ6K, q8_0::BlockQ8_0, q8_k::BlockQ8K,
+};
 use longquant_quants::simd::Kernels;
 
 /// Tokens per tile-kernel call.
@@ -63,9 +73,10 @@ const NT2: usize = 8;
 const ROW_BYTES: usize = 12 * 1024;
 
 /// A tile kernel: the dot products of one weight row (`bpr` blocks) with `N` consecutive
-/// tokens' activation rows (`a.len() == N * bpr`), as `[token]`.
+/// tokens' activation rows (`a.len() == N * bpr`, blocks of `A`, Q8_K unless said), as
+/// `[token]`.
 #[cfg(target_arch = "x86_64")]
-type TileFn<W, const N: usize> = unsafe fn(&[W], &[BlockQ8K]) -> [f32; N];
+type TileFn<W, const N: usize, A = BlockQ8K> = unsafe fn(&[W], &[A]) -> [f32; N];
 
 /// Which implementation a product uses.
 #[doc(hidden)]
@@ -98,8 +109,9 @@ fn supported() -> Vec<Variant> {
 }
 
 /// Environment variable naming the variant to use (`avx512`, `avx2` or `rows`), if the CPU
-/// runs it: lets an AVX-512 host run the forward pass through the AVX2 kernels (all variants
-/// give the same bits, so this changes speed only). Read once.
+/// runs it: lets an AVX-512 host run the forward pass through the AVX2 kernels, or any host
+/// through the row dots (for Q4_K..Q6_K the variants' float steps differ, see the module
+/// text; for the other formats every variant gives the same bits). Read once.
 const VARIANT_ENV: &str = "LONGQUANT_KQUANT_VARIANT";
 
 /// The variant the products use: the fastest this CPU runs, or the one [`VARIANT_ENV`] names
@@ -275,6 +287,102 @@ fn matmul_q6k_with(
     }
 }
 
+/// The products of the formats with AVX2 tile kernels only (Q2_K, Q3_K, IQ4_XS): `matmul_X` for
+/// the forward pass (variant [`best`]) and `matmul_X_with` for an explicit variant. Their row
+/// dots exist in AVX2 and scalar form only, so `Avx512` runs the AVX2 tiles too (the host has
+/// AVX2); every tile variant gives the AVX2 row dot's bits.
+macro_rules! avx2_tiled_matmul {
+    ($name:ident, $with:ident, $block:ty, $act:ty, $tile:ident, $dot:ident, $doc:literal) => {
+        #[doc = concat!("`out[t * rows + r] = w[r] · a[t]` for ", $doc, " weights (bpr blocks per row).")]
+        pub(crate) fn $name(
+            k: &Kernels,
+            w: &[$block],
+            bpr: usize,
+            a: &[$act],
+            n_tok: usize,
+            rows: usize,
+            out: &mut [f32],
+        ) {
+            $with(best(), k, w, bpr, a, n_tok, rows, out)
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn $with(
+            v: Variant,
+            k: &Kernels,
+            w: &[$block],
+            bpr: usize,
+            a: &[$act],
+            n_tok: usize,
+            rows: usize,
+            out: &mut [f32],
+        ) {
+            // `v` comes from `supported()`: the tile kernels' CPU features are present (the
+            // AVX-512 kernels' set includes AVX2, FMA and F16C).
+            debug_assert!(supported().contains(&v), "{v:?} not supported here");
+            match v {
+                #[cfg(target_arch = "x86_64")]
+                Variant::Avx512 | Variant::Avx2 => drive(
+                    w,
+                    bpr,
+                    a,
+                    n_tok,
+                    rows,
+                    out,
+                    x256::$tile::<NT2>,
+                    x256::$tile::<1>,
+                ),
+                Variant::Rows => mm(
+                    w,
+                    bpr,
+                    n_tok,
+                    rows,
+                    bpr * size_of::<$act>(),
+                    out,
+                    |wr, t| (k.$dot)(wr, &a[t * bpr..(t + 1) * bpr]),
+                ),
+            }
+        }
+    };
+}
+
+avx2_tiled_matmul!(
+    matmul_q2k,
+    matmul_q2k_with,
+    BlockQ2K,
+    BlockQ8K,
+    q2k,
+    vec_dot_q2_k_q8_k,
+    "Q2_K"
+);
+avx2_tiled_matmul!(
+    matmul_q3k,
+    matmul_q3k_with,
+    BlockQ3K,
+    BlockQ8K,
+    q3k,
+    vec_dot_q3_k_q8_k,
+    "Q3_K"
+);
+avx2_tiled_matmul!(
+    matmul_iq4xs,
+    matmul_iq4xs_with,
+    BlockIQ4XS,
+    BlockQ8K,
+    iq4xs,
+    vec_dot_iq4_xs_q8_k,
+    "IQ4_XS"
+);
+avx2_tiled_matmul!(
+    matmul_iq4nl,
+    matmul_iq4nl_with,
+    BlockIQ4NL,
+    BlockQ8_0,
+    iq4nl,
+    vec_dot_iq4_nl_q8_0,
+    "IQ4_NL (times Q8_0 activations)"
+);
+
 /// Rows `r0..r1` of tokens `t0..t0 + nt` into `o` (row `r` of token `t0 + t` at
 /// `o[t * stride + r - r0]`), walking rows in L1-sized groups and, per group, tokens in tiles
 /// of `N`.
@@ -283,15 +391,15 @@ fn matmul_q6k_with(
 /// The CPU features `k4`/`k1` were compiled for must be available.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<W, const N: usize>(
+unsafe fn block<W, A, const N: usize>(
     w: &[W],
     bpr: usize,
-    a: &[BlockQ8K],
+    a: &[A],
     (t0, nt, stride): (usize, usize, usize),
     (r0, r1): (usize, usize),
     o: &mut [f32],
-    k4: TileFn<W, N>,
-    k1: TileFn<W, 1>,
+    k4: TileFn<W, N, A>,
+    k1: TileFn<W, 1, A>,
 ) {
     let group = (ROW_BYTES / (bpr * std::mem::size_of::<W>()).max(1)).max(1);
     for g0 in (r0..r1).step_by(group) {
@@ -324,20 +432,20 @@ unsafe fn block<W, const N: usize>(
 /// rows and tokens. Call only with kernels whose CPU features are available.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-fn drive<W: Sync, const N: usize>(
+fn drive<W: Sync, A: Sync, const N: usize>(
     w: &[W],
     bpr: usize,
-    a: &[BlockQ8K],
+    a: &[A],
     n_tok: usize,
     rows: usize,
     out: &mut [f32],
-    k4: TileFn<W, N>,
-    k1: TileFn<W, 1>,
+    k4: TileFn<W, N, A>,
+    k1: TileFn<W, 1, A>,
 ) {
     let shape = Shape {
         rows,
         n_tok,
-        act_bytes: bpr * size_of::<BlockQ8K>(),
+        act_bytes: bpr * size_of::<A>(),
         tok_align: N,
     };
     schedule::run(&shape, out, |task, o, stride| {
@@ -727,7 +835,7 @@ mod x512 {
 #[doc(hidden)]
 pub mod bench {
     pub use super::Variant;
-    use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+    use super::{BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
     use longquant_quants::simd::kernels;
 
     /// Every variant this CPU runs, fastest first.
@@ -776,6 +884,48 @@ pub mod bench {
         super::matmul_q5k_with(v, kernels(), w, bpr, a, n_tok, rows, out)
     }
 
+    /// `out[t * rows + r] = w[r] · a[t]` for Q2_K weights with variant `v`.
+    pub fn matmul_q2k(
+        v: Variant,
+        w: &[BlockQ2K],
+        bpr: usize,
+        a: &[BlockQ8K],
+        n_tok: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        check(v);
+        super::matmul_q2k_with(v, kernels(), w, bpr, a, n_tok, rows, out)
+    }
+
+    /// `out[t * rows + r] = w[r] · a[t]` for Q3_K weights with variant `v`.
+    pub fn matmul_q3k(
+        v: Variant,
+        w: &[BlockQ3K],
+        bpr: usize,
+        a: &[BlockQ8K],
+        n_tok: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        check(v);
+        super::matmul_q3k_with(v, kernels(), w, bpr, a, n_tok, rows, out)
+    }
+
+    /// `out[t * rows + r] = w[r] · a[t]` for IQ4_XS weights with variant `v`.
+    pub fn matmul_iq4xs(
+        v: Variant,
+        w: &[BlockIQ4XS],
+        bpr: usize,
+        a: &[BlockQ8K],
+        n_tok: usize,
+        rows: usize,
+        out: &mut [f32],
+    ) {
+        check(v);
+        super::matmul_iq4xs_with(v, kernels(), w, bpr, a, n_tok, rows, out)
+    }
+
     /// `out[t * rows + r] = w[r] · a[t]` for Q6_K weights with variant `v`.
     pub fn matmul_q6k(
         v: Variant,
@@ -794,11 +944,48 @@ pub mod bench {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use longquant_quants::block::{q4_k, q5_k, q6_k, q8_k};
+    use longquant_quants::block::{iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k, q8_0, q8_k};
     use longquant_quants::simd::{available, kernels, scalar_kernels, VecDotFn};
     use longquant_quants::QK_K;
 
-    type MatmulFn<W> = fn(Variant, &Kernels, &[W], usize, &[BlockQ8K], usize, usize, &mut [f32]);
+    type MatmulFn<W, A = BlockQ8K> =
+        fn(Variant, &Kernels, &[W], usize, &[A], usize, usize, &mut [f32]);
+
+    /// An activation block type of the products under test.
+    trait Act: Clone {
+        /// Values per block.
+        const QK: usize;
+        /// An all-zero block.
+        fn zero() -> Self;
+        fn quantize(x: &[f32], y: &mut [Self]);
+        fn dequantize(x: &[Self], y: &mut [f32]);
+    }
+
+    impl Act for BlockQ8K {
+        const QK: usize = QK_K;
+        fn zero() -> Self {
+            BlockQ8K::default()
+        }
+        fn quantize(x: &[f32], y: &mut [Self]) {
+            (kernels().quantize_row_q8_k)(x, y)
+        }
+        fn dequantize(x: &[Self], y: &mut [f32]) {
+            q8_k::dequantize_row_q8_k(x, y)
+        }
+    }
+
+    impl Act for BlockQ8_0 {
+        const QK: usize = 32;
+        fn zero() -> Self {
+            BlockQ8_0::ZERO
+        }
+        fn quantize(x: &[f32], y: &mut [Self]) {
+            (kernels().quantize_row_q8_0)(x, y)
+        }
+        fn dequantize(x: &[Self], y: &mut [f32]) {
+            q8_0::dequantize_row_q8_0(x, y)
+        }
+    }
 
     /// Every implementation this CPU runs: each supported variant with the best kernel table,
     /// and the row-by-row driver with every kernel table (so the scalar dots too).
@@ -846,40 +1033,42 @@ mod tests {
             .collect()
     }
 
-    fn acts(n_tok: usize, bpr: usize, seed: u64) -> Vec<BlockQ8K> {
-        let x = values(n_tok * bpr * QK_K, seed);
-        let mut a = vec![BlockQ8K::default(); n_tok * bpr];
-        (kernels().quantize_row_q8_k)(&x, &mut a);
+    fn acts<A: Act>(n_tok: usize, bpr: usize, seed: u64) -> Vec<A> {
+        let x = values(n_tok * bpr * A::QK, seed);
+        let mut a = vec![A::zero(); n_tok * bpr];
+        A::quantize(&x, &mut a);
         a
     }
 
     /// Checks a matmul against the row-by-row dots of every kernel table and against itself
     /// (every token alone gives the same bits as inside the batch).
     #[allow(clippy::type_complexity)]
-    fn check<W: Clone + Default>(
+    fn check<W: Clone + Default, A: Act>(
         quantize: fn(&[f32], &mut [W]),
         dequantize: fn(&[W], &mut [f32]),
-        dot: fn(&Kernels) -> VecDotFn<W, BlockQ8K>,
-        tiled: fn(&[W], &[BlockQ8K]) -> f32,
-        matmul: MatmulFn<W>,
+        dot: fn(&Kernels) -> VecDotFn<W, A>,
+        tiled: Option<fn(&[W], &[A]) -> f32>,
+        matmul: MatmulFn<W, A>,
     ) {
+        // Weights per block (activation blocks are as wide as weight blocks).
+        let qk = A::QK;
         // The AVX2 row dot (the first non-scalar table), whose bits the tile kernels reproduce.
         let simd_table = available()
             .into_iter()
             .map(|(_, k)| k)
             .find(|k| !std::ptr::eq(*k, scalar_kernels()));
         for (bpr, rows) in [(1usize, 7usize), (3, 37), (2, 1), (6, 19), (16, 5)] {
-            let x = values(rows * bpr * QK_K, 11 + rows as u64);
+            let x = values(rows * bpr * qk, 11 + rows as u64);
             let mut w = vec![W::default(); rows * bpr];
             quantize(&x, &mut w);
-            let mut wf = vec![0.0f32; rows * bpr * QK_K];
+            let mut wf = vec![0.0f32; rows * bpr * qk];
             dequantize(&w, &mut wf);
             // 1..=9 covers every remainder of the 4- and 8-token tiles; 20 and 37 need several
             // full tiles per task.
             for n_tok in (1..=9).chain([20, 37]) {
-                let a = acts(n_tok, bpr, 5 + n_tok as u64);
-                let mut af = vec![0.0f32; n_tok * bpr * QK_K];
-                q8_k::dequantize_row_q8_k(&a, &mut af);
+                let a = acts::<A>(n_tok, bpr, 5 + n_tok as u64);
+                let mut af = vec![0.0f32; n_tok * bpr * qk];
+                A::dequantize(&a, &mut af);
                 for (v, k) in variants() {
                     let mut out = vec![f32::NAN; n_tok * rows];
                     matmul(v, k, &w, bpr, &a, n_tok, rows, &mut out);
@@ -888,14 +1077,14 @@ mod tests {
                         for r in 0..rows {
                             let wr = &w[r * bpr..(r + 1) * bpr];
                             let want = dot(scalar_kernels())(wr, at);
-                            let mag: f32 = wf[r * bpr * QK_K..(r + 1) * bpr * QK_K]
+                            let mag: f32 = wf[r * bpr * qk..(r + 1) * bpr * qk]
                                 .iter()
-                                .zip(&af[t * bpr * QK_K..(t + 1) * bpr * QK_K])
+                                .zip(&af[t * bpr * qk..(t + 1) * bpr * qk])
                                 .map(|(p, q)| (p * q).abs())
                                 .sum();
                             let got = out[t * rows + r];
                             #[cfg(target_arch = "x86_64")]
-                            if v == Variant::Avx512 {
+                            if let (Variant::Avx512, Some(tiled)) = (v, tiled) {
                                 // The float steps of llama.cpp's K-quant matmul for batches.
                                 assert_eq!(
                                     got.to_bits(),
@@ -903,8 +1092,10 @@ mod tests {
                                     "{v:?} bpr {bpr} rows {rows} n_tok {n_tok} t {t} r {r}"
                                 );
                             }
+                            // Formats without their own AVX-512 steps (`tiled` None) run the
+                            // AVX2 tiles under both variants.
                             #[cfg(target_arch = "x86_64")]
-                            if v == Variant::Avx2 {
+                            if v == Variant::Avx2 || (v == Variant::Avx512 && tiled.is_none()) {
                                 // Same integer lanes and float order as the AVX2 row dot.
                                 let simd = simd_table.expect("tile kernels imply the AVX2 table");
                                 assert_eq!(
@@ -1046,7 +1237,7 @@ mod tests {
             q4_k::quantize_row_q4_k_ref,
             q4_k::dequantize_row_q4_k,
             |k| k.vec_dot_q4_k_q8_k,
-            repack_q4k,
+            Some(repack_q4k),
             matmul_q4k_with,
         );
     }
@@ -1057,7 +1248,7 @@ mod tests {
             q5_k::quantize_row_q5_k_ref,
             q5_k::dequantize_row_q5_k,
             |k| k.vec_dot_q5_k_q8_k,
-            tiled_q5k,
+            Some(tiled_q5k),
             matmul_q5k_with,
         );
     }
@@ -1068,8 +1259,52 @@ mod tests {
             q6_k::quantize_row_q6_k_ref,
             q6_k::dequantize_row_q6_k,
             |k| k.vec_dot_q6_k_q8_k,
-            tiled_q6k,
+            Some(tiled_q6k),
             matmul_q6k_with,
+        );
+    }
+
+    #[test]
+    fn iq4nl_matches_row_dots() {
+        check(
+            iq4_nl::quantize_row_iq4_nl,
+            iq4_nl::dequantize_row_iq4_nl,
+            |k| k.vec_dot_iq4_nl_q8_0,
+            None,
+            matmul_iq4nl_with,
+        );
+    }
+
+    #[test]
+    fn q2k_matches_row_dots() {
+        check(
+            q2_k::quantize_row_q2_k_ref,
+            q2_k::dequantize_row_q2_k,
+            |k| k.vec_dot_q2_k_q8_k,
+            None,
+            matmul_q2k_with,
+        );
+    }
+
+    #[test]
+    fn q3k_matches_row_dots() {
+        check(
+            q3_k::quantize_row_q3_k_ref,
+            q3_k::dequantize_row_q3_k,
+            |k| k.vec_dot_q3_k_q8_k,
+            None,
+            matmul_q3k_with,
+        );
+    }
+
+    #[test]
+    fn iq4xs_matches_row_dots() {
+        check(
+            iq4_xs::quantize_row_iq4_xs_ref,
+            iq4_xs::dequantize_row_iq4_xs,
+            |k| k.vec_dot_iq4_xs_q8_k,
+            None,
+            matmul_iq4xs_with,
         );
     }
 
@@ -1078,7 +1313,7 @@ mod tests {
     /// every variant and format.
     #[test]
     fn same_bits_at_any_thread_count() {
-        fn run<W: Sync>(v: Variant, k: &Kernels, m: MatmulFn<W>, w: &[W], a: &[BlockQ8K]) {
+        fn run<W: Sync, A: Sync>(v: Variant, k: &Kernels, m: MatmulFn<W, A>, w: &[W], a: &[A]) {
             let (bpr, rows) = (2usize, w.len() / 2);
             for n_tok in [1usize, 3, 37, 300] {
                 let at = &a[..n_tok * bpr];
@@ -1099,14 +1334,28 @@ mod tests {
         }
         let (bpr, rows) = (2usize, 70usize);
         let x = values(rows * bpr * QK_K, 3);
-        let a = acts(300, bpr, 4);
+        let a = acts::<BlockQ8K>(300, bpr, 4);
         let mut w4 = vec![BlockQ4K::default(); rows * bpr];
         q4_k::quantize_row_q4_k_ref(&x, &mut w4);
         let mut w5 = vec![BlockQ5K::default(); rows * bpr];
         q5_k::quantize_row_q5_k_ref(&x, &mut w5);
         let mut w6 = vec![BlockQ6K::default(); rows * bpr];
         q6_k::quantize_row_q6_k_ref(&x, &mut w6);
+        let mut w2 = vec![BlockQ2K::default(); rows * bpr];
+        q2_k::quantize_row_q2_k_ref(&x, &mut w2);
+        let mut w3 = vec![BlockQ3K::default(); rows * bpr];
+        q3_k::quantize_row_q3_k_ref(&x, &mut w3);
+        let mut wx = vec![BlockIQ4XS::default(); rows * bpr];
+        iq4_xs::quantize_row_iq4_xs_ref(&x, &mut wx);
+        // IQ4_NL with Q8_0 activations: 32-weight blocks, so rows of `bpr` blocks are 64 wide.
+        let mut wn = vec![BlockIQ4NL::default(); rows * bpr];
+        iq4_nl::quantize_row_iq4_nl(&x[..rows * bpr * 32], &mut wn);
+        let a0 = acts::<BlockQ8_0>(300, bpr, 6);
         for (v, k) in variants() {
+            run(v, k, matmul_q2k_with, &w2, &a);
+            run(v, k, matmul_q3k_with, &w3, &a);
+            run(v, k, matmul_iq4xs_with, &wx, &a);
+            run(v, k, matmul_iq4nl_with, &wn, &a0);
             run(v, k, matmul_q4k_with, &w4, &a);
             run(v, k, matmul_q5k_with, &w5, &a);
             run(v, k, matmul_q6k_with, &w6, &a);

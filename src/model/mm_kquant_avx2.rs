@@ -1,5 +1,6 @@
-//! AVX2 (with FMA and F16C) tile kernels for K-quant weights times Q8_K activations, the
-//! fallback of `mm_kquant` on CPUs without AVX-512.
+//! AVX2 (with FMA and F16C) tile kernels for K-quant and IQ4_XS weights times Q8_K activations
+//! and IQ4_NL weights times Q8_0: for Q4_K..Q6_K the fallback of `mm_kquant` on CPUs without
+//! AVX-512, for Q2_K, Q3_K, IQ4_XS and IQ4_NL the only tiles (AVX-512 hosts run them too).
 //!
 //! Each weight super-block is unpacked ONCE per call into 32-byte vectors of levels in
 //! activation order (one per 32 weights) and its sub-block scales are spread over 16-bit lanes
@@ -19,7 +20,11 @@
 //! into 4 lanes) and the final horizontal sums are the row dot's operations in the row dot's
 //! order. Each token's instruction sequence does not depend on `N`, so a token gives the same
 //! bits alone or in a batch.
-use longquant_quants::block::{q4_k::BlockQ4K, q5_k::BlockQ5K, q6_k::BlockQ6K, q8_k::BlockQ8K};
+use longquant_quants::block::iq4_nl::{BlockIQ4NL, KVALUES_IQ4NL};
+use longquant_quants::block::{
+    iq4_xs::BlockIQ4XS, q2_k::BlockQ2K, q3_k::BlockQ3K, q4_k::BlockQ4K, q5_k::BlockQ5K,
+    q6_k::BlockQ6K, q8_0::BlockQ8_0, q8_k::BlockQ8K,
+};
 use std::arch::x86_64::*;
 
 /// Whether the CPU runs these kernels.
@@ -308,6 +313,257 @@ pub(super) unsafe fn q6k<const N: usize>(w: &[BlockQ6K], a: &[BlockQ8K]) -> [f32
             for t in 0..N {
                 let d = _mm256_set1_ps(ab[t].d * wd);
                 acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            }
+        }
+        std::array::from_fn(|t| hsum256(acc[t]))
+    }
+}
+
+/// Q2_K: bit pair `s` of byte `l` in half `h` is weight `128h + 32s + l`; that 32-weight group
+/// spans sub-blocks `8h + 2s` (low 128-bit lane of the `maddubs` pairs) and `8h + 2s + 1`
+/// (high lane), as in Q6_K's groups, so [`Q6_SPREAD`] spreads its scales too.
+///
+/// Per block and token the row dot's float work: `acc += (y.d·d)·sumi` and
+/// `accm += (−y.d·dmin)·Σ_j min_j·bsums_j` (8 lanes each, one `madd` of the mins with the 16
+/// group sums), the two accumulators added before the final horizontal sum.
+///
+/// # Safety
+/// As [`q4k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q2k<const N: usize>(w: &[BlockQ2K], a: &[BlockQ8K]) -> [f32; N] {
+    let nb = w.len();
+    assert_eq!(a.len(), N * nb, "q2k: activation length");
+    // SAFETY: register work plus loads inside each block's fixed arrays; AVX2 (caller).
+    unsafe {
+        let m3 = _mm256_set1_epi8(3);
+        let m4 = _mm_set1_epi8(0x0f);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut accm = [_mm256_setzero_ps(); N];
+        for (b, wb) in w.iter().enumerate() {
+            let ab: [&BlockQ8K; N] = std::array::from_fn(|t| &a[t * nb + b]);
+            let sc8 = _mm_loadu_si128(wb.scales.as_ptr().cast());
+            // i16 lane j: scale (low nibble) / min (high nibble) of sub-block j.
+            let sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(sc8, m4));
+            let mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(sc8), m4));
+            let mut sumi = [_mm256_setzero_si256(); N];
+            for h in 0..2 {
+                // Scales 8h..8h+8 in both 128-bit lanes.
+                let sc = if h == 0 {
+                    _mm256_permute4x64_epi64::<0x44>(sc16)
+                } else {
+                    _mm256_permute4x64_epi64::<0xee>(sc16)
+                };
+                let mut q2 = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * h).cast());
+                for (s, spread) in Q6_SPREAD.iter().enumerate() {
+                    let codes = _mm256_and_si256(q2, m3);
+                    q2 = _mm256_srli_epi16::<2>(q2);
+                    let sv = _mm256_shuffle_epi8(sc, ctrl(spread));
+                    let g = 4 * h + s;
+                    for t in 0..N {
+                        let y = _mm256_loadu_si256(ab[t].qs.as_ptr().add(32 * g).cast());
+                        // Codes ≤ 3: pairs ≤ 2·3·128, then × 4-bit scale in i32.
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, y), sv);
+                        sumi[t] = _mm256_add_epi32(sumi[t], p);
+                    }
+                }
+            }
+            let wd = f16_bits(wb.d.to_bits());
+            let wdmin = f16_bits(wb.dmin.to_bits());
+            for t in 0..N {
+                let bs = _mm256_loadu_si256(ab[t].bsums.as_ptr().cast());
+                let summs = _mm256_cvtepi32_ps(_mm256_madd_epi16(mn16, bs));
+                accm[t] = _mm256_fmadd_ps(_mm256_set1_ps(-ab[t].d * wdmin), summs, accm[t]);
+                let d = _mm256_set1_ps(ab[t].d * wd);
+                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            }
+        }
+        std::array::from_fn(|t| hsum256(_mm256_add_ps(acc[t], accm[t])))
+    }
+}
+
+/// Q3_K's sixteen 6-bit scales, unbiased (`−32..32`), in i16 lanes in sub-block order: the
+/// word-parallel form of the `scales` layout (low nibbles of scales 0..8 and 8..16 in the low
+/// and high halves of bytes 0..8, the top two bits of scale `j` at bits `2(j/4)` of byte
+/// `8 + j % 4`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn scales_q3k(s: &[u8; 12]) -> __m256i {
+    let lo = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+    let hi = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    let top = |k: u32| u64::from((hi >> (2 * k)) & 0x0303_0303);
+    let m4 = 0x0f0f_0f0f_0f0f_0f0f_u64;
+    let first = (lo & m4) | ((top(0) | (top(1) << 32)) << 4);
+    let second = ((lo >> 4) & m4) | ((top(2) | (top(3) << 32)) << 4);
+    // Biased scales are 0..63, so the byte subtraction cannot wrap below −32.
+    let v = _mm_sub_epi8(
+        _mm_set_epi64x(second as i64, first as i64),
+        _mm_set1_epi8(32),
+    );
+    _mm256_cvtepi8_epi16(v)
+}
+
+/// Q3_K · Q8_K for `N` tokens. As in the row dot, levels are taken as `u = q + 4` (0..8,
+/// unsigned for `maddubs`: the low two bits from `qs`, 4 where the `hmask` bit is set), and
+/// `4·Σ_j scale_j·bsums_j` (one `madd` with the group sums, shifted) is subtracted from the
+/// block's i32 lanes before the one FMA per block. Groups and scales as in [`q2k`].
+///
+/// # Safety
+/// As [`q4k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q3k<const N: usize>(w: &[BlockQ3K], a: &[BlockQ8K]) -> [f32; N] {
+    let nb = w.len();
+    assert_eq!(a.len(), N * nb, "q3k: activation length");
+    // SAFETY: register work plus loads inside each block's fixed arrays; AVX2 (caller).
+    unsafe {
+        let m3 = _mm256_set1_epi8(3);
+        let four = _mm256_set1_epi8(4);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (b, wb) in w.iter().enumerate() {
+            let ab: [&BlockQ8K; N] = std::array::from_fn(|t| &a[t * nb + b]);
+            let sc16 = scales_q3k(&wb.scales);
+            // Each token's block sum starts at −4·Σ scale·bsum: the same exact integer as the
+            // row dot's `sumi − corr`.
+            let mut sumi: [__m256i; N] = std::array::from_fn(|t| {
+                let bs = _mm256_loadu_si256(ab[t].bsums.as_ptr().cast());
+                _mm256_sub_epi32(
+                    _mm256_setzero_si256(),
+                    _mm256_slli_epi32::<2>(_mm256_madd_epi16(sc16, bs)),
+                )
+            });
+            // Bit 4h + s of hmask[l] belongs to weight 128h + 32s + l: shift it down one bit
+            // per group and move bit 0 of each byte to bit 2 (value 4).
+            let mut hm = _mm256_loadu_si256(wb.hmask.as_ptr().cast());
+            for h in 0..2 {
+                let sc = if h == 0 {
+                    _mm256_permute4x64_epi64::<0x44>(sc16)
+                } else {
+                    _mm256_permute4x64_epi64::<0xee>(sc16)
+                };
+                let mut q = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * h).cast());
+                for (s, spread) in Q6_SPREAD.iter().enumerate() {
+                    let bit = _mm256_and_si256(_mm256_slli_epi16::<2>(hm), four);
+                    hm = _mm256_srli_epi16::<1>(hm);
+                    let u = _mm256_or_si256(_mm256_and_si256(q, m3), bit);
+                    q = _mm256_srli_epi16::<2>(q);
+                    let sv = _mm256_shuffle_epi8(sc, ctrl(spread));
+                    let g = 4 * h + s;
+                    for t in 0..N {
+                        let y = _mm256_loadu_si256(ab[t].qs.as_ptr().add(32 * g).cast());
+                        // u ≤ 7: pairs ≤ 2·7·128, then × scale (|·| ≤ 32) in i32.
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), sv);
+                        sumi[t] = _mm256_add_epi32(sumi[t], p);
+                    }
+                }
+            }
+            let wd = f16_bits(wb.d.to_bits());
+            for t in 0..N {
+                let d = _mm256_set1_ps(wd * ab[t].d);
+                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            }
+        }
+        std::array::from_fn(|t| hsum256(acc[t]))
+    }
+}
+
+/// IQ4_XS · Q8_K for `N` tokens. Per 32-weight group `ib` the row dot sums `level·y` exactly in
+/// i16 products widened from bytes (`madd` of the sign-extended low 16 and high 16 bytes, so
+/// lane `l` holds weights `2l, 2l+1, 16+2l, 17+2l`) and multiplies by `scale_ib − 32` in i32.
+/// Here the group's levels are widened and multiplied by that scale once (|level·scale| ≤
+/// 127·32 fits i16, a `madd` pair ≤ 2·4064·128 fits i32), so every lane holds the row dot's
+/// exact integer; the one FMA per block and the horizontal sum are the row dot's.
+///
+/// # Safety
+/// As [`q4k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn iq4xs<const N: usize>(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> [f32; N] {
+    let nb = w.len();
+    assert_eq!(a.len(), N * nb, "iq4xs: activation length");
+    // SAFETY: register work plus loads inside each block's fixed arrays and the 16-byte level
+    // table; AVX2 (caller).
+    unsafe {
+        let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast());
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (b, wb) in w.iter().enumerate() {
+            let ab: [&BlockQ8K; N] = std::array::from_fn(|t| &a[t * nb + b]);
+            let mut sumi = [_mm256_setzero_si256(); N];
+            for ib in 0..8 {
+                let lo = (wb.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xf;
+                let hi = (wb.scales_h >> (2 * ib)) & 3;
+                let ls = _mm256_set1_epi16((i16::from(lo) | ((hi as i16) << 4)) - 32);
+                // Bytes 16ib..16ib+16: weights 32ib+l in the low nibbles, 32ib+16+l in the high.
+                let q = _mm_loadu_si128(wb.qs.as_ptr().add(16 * ib).cast());
+                let v = iq4_levels_x(table, q, ls);
+                for t in 0..N {
+                    let p = iq4_lanes(v, ab[t].qs.as_ptr().add(32 * ib));
+                    sumi[t] = _mm256_add_epi32(sumi[t], p);
+                }
+            }
+            let wd = f16_bits(wb.d.to_bits());
+            for t in 0..N {
+                let d = _mm256_set1_ps(wd * ab[t].d);
+                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            }
+        }
+        std::array::from_fn(|t| hsum256(acc[t]))
+    }
+}
+
+/// The 32 IQ4 levels of 16 packed bytes (weight `l` in the low nibble of byte `l`, weight
+/// `16 + l` in the high one), widened to i16 and multiplied by `ls` (16 i16 lanes): weights
+/// 0..16 and 16..32, the halves the row dot's `madd` of sign-extended bytes pairs with
+/// activation bytes 0..16 and 16..32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn iq4_levels_x(table: __m128i, q: __m128i, ls: __m256i) -> (__m256i, __m256i) {
+    let m4 = _mm_set1_epi8(0x0f);
+    let l_lo = _mm_shuffle_epi8(table, _mm_and_si128(q, m4));
+    let l_hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(q), m4));
+    (
+        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(l_lo), ls),
+        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(l_hi), ls),
+    )
+}
+
+/// Lane sums of 32 widened (and scaled) levels times 32 activation bytes at `y`: lane `l`
+/// holds weights `2l, 2l+1, 16+2l, 17+2l`, the row dot's layout.
+///
+/// # Safety
+/// AVX2; `y` points at 32 readable bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn iq4_lanes((v_lo, v_hi): (__m256i, __m256i), y: *const i8) -> __m256i {
+    // SAFETY: two 16-byte loads inside the 32 bytes at `y` (caller).
+    unsafe {
+        let y_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(y.cast()));
+        let y_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(y.add(16).cast()));
+        _mm256_add_epi32(_mm256_madd_epi16(v_lo, y_lo), _mm256_madd_epi16(v_hi, y_hi))
+    }
+}
+
+/// IQ4_NL · Q8_0 for `N` tokens: per 32-weight block the levels are looked up and widened
+/// once; per token the row dot's exact lane sums ([`iq4_lanes`], scale 1), then
+/// `acc += (y.d·d)·lanes` (one FMA) and the row dot's horizontal sum.
+///
+/// # Safety
+/// As [`q4k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn iq4nl<const N: usize>(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> [f32; N] {
+    let nb = w.len();
+    assert_eq!(a.len(), N * nb, "iq4nl: activation length");
+    // SAFETY: register work plus loads inside each block's fixed arrays and the 16-byte level
+    // table; AVX2 (caller).
+    unsafe {
+        let table = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast());
+        let one = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (b, wb) in w.iter().enumerate() {
+            let v = iq4_levels_x(table, _mm_loadu_si128(wb.qs.as_ptr().cast()), one);
+            let wd = f16_bits(wb.d.to_bits());
+            for t in 0..N {
+                let ab = &a[t * nb + b];
+                let s = iq4_lanes(v, ab.qs.as_ptr());
+                let d = _mm256_set1_ps(f16_bits(ab.d.to_bits()) * wd);
+                acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[t]);
             }
         }
         std::array::from_fn(|t| hsum256(acc[t]))
