@@ -309,7 +309,10 @@ fn sweep_weights_by_cache_type() {
     let c8 = r.rows[0].cache_bytes as f64;
     let c4 = r.rows[1].cache_bytes as f64;
     assert!((c8 / c4 - 34.0 / 18.0).abs() < 1e-6, "{c8} {c4}");
-    assert!(table.lines().nth(1).unwrap().starts_with("cache"), "{table}");
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("cache"),
+        "{table}"
+    );
     assert!(table.contains("q4_0       Q4_K_M"), "{table}");
     // --max-memory: the lowest KLD whose weights + cache fit.
     let m = r.rows[3].memory_bytes();
@@ -317,7 +320,10 @@ fn sweep_weights_by_cache_type() {
     assert!(r.rows[pick].memory_bytes() <= m);
     for (i, x) in r.rows.iter().enumerate() {
         if x.memory_bytes() <= m {
-            assert!(r.rows[pick].report.kld.value <= x.report.kld.value, "row {i}");
+            assert!(
+                r.rows[pick].report.kld.value <= x.report.kld.value,
+                "row {i}"
+            );
         }
     }
     let doc = r.to_json();

@@ -355,21 +355,7 @@ impl Gpu {
         block: u32,
         args: &[&dyn Arg],
     ) -> Result<(), CudaError> {
-        let f = &self.funcs[name];
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            a.push(&mut b);
-        }
-        // SAFETY: every kernel's parameters are declared in kernels.cu in the order the callers
-        // in this module pass them, with the same sizes (u64 for pointers, i32/i64/f32 values).
-        unsafe {
-            b.launch(LaunchConfig {
-                grid_dim: (grid.max(1), 1, 1),
-                block_dim: (block, 1, 1),
-                shared_mem_bytes: 0,
-            })?
-        };
-        Ok(())
+        self.launch_grid(name, (grid, 1), block, args)
     }
 
     /// Launches kernel `name` on a `grid.0 × grid.1` grid of `block`-thread blocks.
@@ -385,7 +371,8 @@ impl Gpu {
         for a in args {
             a.push(&mut b);
         }
-        // SAFETY: as in `launch`: parameters in kernels.cu's order and sizes.
+        // SAFETY: every kernel's parameters are declared in kernels.cu in the order the callers
+        // pass them, with the same sizes (u64 for pointers, i32/i64/f32 values).
         unsafe {
             b.launch(LaunchConfig {
                 grid_dim: (grid.0.max(1), grid.1.max(1), 1),

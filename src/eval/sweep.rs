@@ -414,7 +414,7 @@ pub fn sweep(
                         cache_type_k: ck,
                         cache_type_v: cv,
                     },
-                    ..opts.compare.clone()
+                    ..opts.compare
                 };
                 let report = compare_with_saved(
                     &mut reader,
