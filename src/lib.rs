@@ -5,10 +5,11 @@
 //! Hugging Face folder), [`inspect`] (summaries of model files), [`model`] (the CPU forward
 //! pass and the device-independent [`model::Evaluator`]), `cuda` (the GPU backend, feature
 //! `cuda`), [`eval`] (perplexity, KLD, sweeps, imatrix collection), [`imatrix`] (the importance
-//! matrix formats), [`recall`] (long-context retrieval), [`tokenizer`] and [`chat_template`].
+//! matrix formats), [`recall`] (long-context retrieval), [`bench`] (llama-bench's speed tests), [`tokenizer`] and [`chat_template`].
 pub use longquant_formats as formats;
 pub use longquant_quants as quants;
 
+pub mod bench;
 pub mod chat_template;
 pub mod convert;
 #[cfg(feature = "cuda")]

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
 mod cache;
 mod compare;
 mod convert;
@@ -53,6 +54,8 @@ enum Command {
     Sweep(sweep::Args),
     /// The CUDA devices this build can use (--check: self-test of the GPU kernels).
     Devices(devices::Args),
+    /// Prompt and generation speed at context depths (llama-bench's pp/tg tests).
+    Bench(bench::Args),
 }
 
 /// Exit codes: distinct for bad input, I/O failure and refusals for safety, so scripts can tell them apart.
@@ -88,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Imatrix(a) => imatrix::run(a, cli.json),
         Command::ExportHf(a) => export_hf::run(a, cli.json),
         Command::Devices(a) => devices::run(a, cli.json),
+        Command::Bench(a) => bench::run(a, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
