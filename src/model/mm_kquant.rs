@@ -159,7 +159,9 @@ fn matmul_q4k_with(
     debug_assert!(supported().contains(&v), "{v:?} not supported here");
     match v {
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => drive(w, bpr, a, n_tok, rows, out, x512::q4k::<NT>, x512::q4k::<1>),
+        Variant::Avx512 => {
+            drive_packed(w, bpr, a, n_tok, rows, out, x512::q4k::<NT>, x512::q4k::<1>)
+        }
         #[cfg(target_arch = "x86_64")]
         Variant::Avx2 => drive(
             w,
@@ -211,7 +213,9 @@ fn matmul_q5k_with(
     debug_assert!(supported().contains(&v), "{v:?} not supported here");
     match v {
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => drive(w, bpr, a, n_tok, rows, out, x512::q5k::<NT>, x512::q5k::<1>),
+        Variant::Avx512 => {
+            drive_packed(w, bpr, a, n_tok, rows, out, x512::q5k::<NT>, x512::q5k::<1>)
+        }
         #[cfg(target_arch = "x86_64")]
         Variant::Avx2 => drive(
             w,
@@ -263,7 +267,9 @@ fn matmul_q6k_with(
     debug_assert!(supported().contains(&v), "{v:?} not supported here");
     match v {
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => drive(w, bpr, a, n_tok, rows, out, x512::q6k::<NT>, x512::q6k::<1>),
+        Variant::Avx512 => {
+            drive_packed(w, bpr, a, n_tok, rows, out, x512::q6k::<NT>, x512::q6k::<1>)
+        }
         #[cfg(target_arch = "x86_64")]
         Variant::Avx2 => drive(
             w,
@@ -452,6 +458,43 @@ fn drive<W: Sync, A: Sync, const N: usize>(
         let Task { t0, nt, r0, r1 } = task;
         // SAFETY: the caller checked the features of `k4`/`k1`.
         unsafe { block(w, bpr, a, (t0, nt, stride), (r0, r1), o, k4, k1) }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod packed;
+
+/// [`drive`] for the AVX-512 Q4_K/Q5_K/Q6_K kernels: tasks of [`packed::PACK_FROM`]+ tokens
+/// take the packed kernels (the same bits), the others the tile kernels `k4`/`k1`. Call only
+/// where `x512::available()`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn drive_packed<W: packed::Fmt>(
+    w: &[W],
+    bpr: usize,
+    a: &[BlockQ8K],
+    n_tok: usize,
+    rows: usize,
+    out: &mut [f32],
+    k4: TileFn<W, NT>,
+    k1: TileFn<W, 1>,
+) {
+    let shape = Shape {
+        rows,
+        n_tok,
+        act_bytes: bpr * size_of::<BlockQ8K>(),
+        tok_align: NT,
+    };
+    schedule::run(&shape, out, |task, o, stride| {
+        let Task { t0, nt, r0, r1 } = task;
+        // SAFETY: the caller checked `x512::available()`, the features of every kernel here.
+        unsafe {
+            if nt >= packed::PACK_FROM && packed::enabled() {
+                packed::task(w, bpr, a, (t0, nt, stride), (r0, r1), o)
+            } else {
+                block(w, bpr, a, (t0, nt, stride), (r0, r1), o, k4, k1)
+            }
+        }
     })
 }
 
