@@ -405,8 +405,8 @@ unsafe fn tile_q6k<const N: usize>(
                 acc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(ab[t].d), acc[t]);
             }
         }
-        for t in 0..N {
-            _mm512_storeu_ps(o.as_mut_ptr().add(t * stride), acc[t]);
+        for (t, v) in acc.iter().enumerate() {
+            _mm512_storeu_ps(o.as_mut_ptr().add(t * stride), *v);
         }
     }
 }
