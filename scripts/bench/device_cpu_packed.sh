@@ -13,9 +13,12 @@
 # ctx 512 x 8 chunks at 16 threads: packed, tile, llama.cpp alternated.
 # PHASE=b: decode and prompt speed, `longquant bench` beside `llama-bench` (-p 512 -n 128 at
 # depths 0, 1024, 8192); thread scaling at ctx 512 x 1; ctx 8192 x 1 at 16 threads.
-# Results: OUT/results_a.txt, OUT/results_b.txt.
+# PHASE=c: both in one call, shortened (no tile rerun at ctx 512, 32K chunk only if time is left
+# of the call's 10 minutes, counted from START, default the script's start).
+# Results: OUT/results_{a,b,c}.txt.
 set -uo pipefail
 PHASE=${PHASE:-a}
+START=${START:-$(date +%s)}
 D=$(cd "${1:?DIR}" && pwd); O=${2:?OUT}; mkdir -p "$O"
 W=/tmp/lqcpu; mkdir -p $W
 R=$O/results_$PHASE.txt
@@ -49,7 +52,7 @@ PY
   rm -f "$lg"
 }
 
-if [ "$PHASE" = a ]; then
+build_and_models() {
   log "host: $(nproc) cpus; $(grep -m1 'model name' /proc/cpuinfo); flags: $(grep -o -w 'avx512f\|avx512_vnni\|amx_int8\|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
   mkdir -p $W/ll && tar xJf "$D/llama-src.tar.xz" -C $W/ll
   (cd $W/ll && cmake -B bn -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
@@ -61,14 +64,21 @@ if [ "$PHASE" = a ]; then
   for t in Q4_K_M Q8_0; do "$LQ" convert /dev/shm/m8 -o $W/m8.$t.gguf --type $t --threads 4 >/dev/null; done
   rm -rf /dev/shm/m8
   log "models: $(( $(date +%s) - t0 )) s; $(ls -la $W/*.gguf | awk '{print $5, $9}' | tr '\n' ' ')"
+}
+wait_build() {
+  for i in $(seq 1 80); do [ -x $LP ] && [ -x $LB ] && break; sleep 5; done
+  [ -x $LP ] || log "llama.cpp build not done: $(tail -2 $W/build.log)"
+}
+
+if [ "$PHASE" = a ]; then
+  build_and_models
   log "== bit identity: packed vs tile kernels, per-chunk NLLs, ctx 512 x 2, 16 threads"
   for m in $W/m8.Q4_K_M.gguf; do
     a=$(ours $m 512 2 16); b=$(ours $m 512 2 16 LONGQUANT_KQUANT_PACK=off)
     same=no; [ "${a##* }" = "${b##* }" ] && same=yes
     log "$(basename $m): packed PPL ${a%% *}  tile PPL ${b%% *}  identical NLLs: $same"
   done
-  for i in $(seq 1 60); do [ -x $LP ] && [ -x $LB ] && break; sleep 5; done
-  [ -x $LP ] || log "llama.cpp build not done: $(tail -2 $W/build.log)"
+  wait_build
   log "== ctx 512 x 8 chunks, 16 threads, tokens/s (packed, tile, llama.cpp native; alternated)"
   for m in $W/m8.Q4_K_M.gguf $W/m8.Q8_0.gguf; do
     for rep in 1 2; do
@@ -77,6 +87,19 @@ if [ "$PHASE" = a ]; then
     done
   done
   log "done a"
+fi
+
+if [ "$PHASE" = c ]; then
+  build_and_models
+  wait_build
+  log "build + models: $(( $(date +%s) - START )) s"
+  log "== ctx 512 x 8 chunks, 16 threads, tokens/s (packed; llama.cpp native)"
+  for m in $W/m8.Q4_K_M.gguf $W/m8.Q8_0.gguf; do
+    n=$(ours $m 512 8 16); l=$(llama $m 512 8 16)
+    log "$(basename $m): packed $(echo $n | cut -d' ' -f2)  llama.cpp $(echo $l | cut -d' ' -f2)  (PPL $(echo $n | cut -d' ' -f1) / $(echo $l | cut -d' ' -f1))"
+  done
+  PHASE=b
+  R=$O/results_c.txt
 fi
 
 if [ "$PHASE" = b ]; then
@@ -96,9 +119,11 @@ if [ "$PHASE" = b ]; then
   log "== ctx 8192 x 1, 16 threads"
   n=$(ours $m 8192 1 16); l=$(llama $m 8192 1 16)
   log "Q4_K_M ctx 8192: packed $(echo $n | cut -d' ' -f2)  llama.cpp $(echo $l | cut -d' ' -f2)  (PPL $(echo $n | cut -d' ' -f1) / $(echo $l | cut -d' ' -f1))"
-  log "== one 32K-token chunk, 16 threads (each capped at 200 s)"
+  left=$(( 570 - ($(date +%s) - START) ))
+  log "== one 32K-token chunk, 16 threads (ours capped at $(( left * 6 / 10 )) s, llama.cpp at the rest)"
   for i in 1 2 3 4 5; do cat $T; done > $W/big.txt
-  n=$(timeout 200 bash -c "$(declare -f ours); LQ=$LQ T=$W/big.txt ours $m 32768 1 16"); log "ours ctx 32768: ${n% *}"
-  l=$(timeout 200 bash -c "$(declare -f llama); LP=$LP T=$W/big.txt llama $m 32768 1 16"); log "llama.cpp ctx 32768: $l"
+  n=$(timeout $(( left * 6 / 10 )) bash -c "$(declare -f ours); LQ=$LQ T=$W/big.txt ours $m 32768 1 16"); log "ours ctx 32768: ${n% *}"
+  left=$(( 570 - ($(date +%s) - START) ))
+  l=$(timeout $left bash -c "$(declare -f llama); LP=$LP T=$W/big.txt llama $m 32768 1 16"); log "llama.cpp ctx 32768: $l"
   log "done b"
 fi
